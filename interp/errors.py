@@ -1,0 +1,21 @@
+"""Typed errors with one-line messages; the CLI maps every InterpError to exit code 2."""
+
+
+class InterpError(Exception):
+    """Base class for all errors raised deliberately by interp."""
+
+
+class ModelSpecError(InterpError):
+    """A model spec is unknown, malformed, or not available offline."""
+
+
+class MissingDependencyError(InterpError):
+    """An optional package needed for this operation is not installed."""
+
+
+class TaskError(InterpError):
+    """Unknown task, bad knob, or impossible request on a task (e.g. too many shots)."""
+
+
+class ConfigError(InterpError):
+    """A configuration value or file is malformed."""

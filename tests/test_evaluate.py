@@ -1,0 +1,86 @@
+import math
+
+import pytest
+import torch
+
+from interp.engine import choice_logprobs, encode, greedy_generate
+from interp.evaluate import evaluate, parse_answer, wilson
+from interp.prompts import build_prompt, demo_pool, sample_demos
+from interp.tasks import generate
+
+
+def test_wilson_matches_hand_computation():
+    # k=8, n=10: p=.8, z=1.96 -> centre=(.8+.19208)/1.38416, half=1.96*sqrt(.016+.009604)/1.38416
+    lo, hi = wilson(8, 10)
+    centre, half = (0.8 + 0.19208) / 1.38416, 1.96 * math.sqrt(0.016 + 0.009604) / 1.38416
+    assert lo == pytest.approx(centre - half, abs=1e-6)
+    assert hi == pytest.approx(centre + half, abs=1e-6)
+    assert wilson(0, 0) == (0.0, 1.0)
+    assert wilson(10, 10)[1] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("raw,parsed", [(" 42\n", "42"), ("-7*3", "-7"), (" True", "True"),
+                                        ("\n\n12 is it", "12"), ("", "")])
+def test_parse_answer(raw, parsed):
+    assert parse_answer(raw) == parsed
+
+
+def _manual_choice_logprob(model, prefix, query, choice):
+    ids = encode(model.tokenizer, prefix, True) + encode(model.tokenizer, query, not prefix)
+    cid = encode(model.tokenizer, " " + choice, False)
+    with torch.no_grad():
+        logp = torch.log_softmax(model.hf(torch.tensor([ids + cid])).logits[0], -1)
+    return sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(cid))
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_batched_padded_scores_equal_single_unpadded_forward(tiny, use_cache):
+    queries = generate("relation", 5, seed=1)  # different lengths -> padding in the batch
+    demos = sample_demos(demo_pool("relation", 16), 2)
+    prefix = build_prompt(queries[0], demos).prefix
+    texts = [q.input for q in queries]
+    scores = choice_logprobs(tiny, prefix, texts, ["False", "True"], batch_size=4,
+                             use_cache=use_cache)
+    for i, q in enumerate(texts):
+        for j, c in enumerate(["False", "True"]):
+            assert scores[i, j].item() == pytest.approx(
+                _manual_choice_logprob(tiny, prefix, q, c), abs=1e-4)
+
+
+def test_cached_and_naive_generation_identical(smol):
+    queries = [q.input for q in generate("expression", 6, seed=0)]
+    demos = sample_demos(demo_pool("expression", 32), 16)
+    prefix = build_prompt(generate("expression", 1)[0], demos).prefix
+    cached = greedy_generate(smol, prefix, queries, 4, batch_size=3, use_cache=True)
+    naive = greedy_generate(smol, prefix, queries, 4, batch_size=3, use_cache=False)
+    single = greedy_generate(smol, prefix, queries[:1], 4, batch_size=1, use_cache=False)
+    assert cached == naive
+    assert single[0] == naive[0]
+
+
+def test_generation_matches_hf_generate(smol):
+    prompt = "The capital of France is"
+    ours = greedy_generate(smol, "", [prompt], 3)
+    ids = smol.tokenizer(prompt, return_tensors="pt").input_ids
+    ref = smol.hf.generate(ids, max_new_tokens=3, do_sample=False)
+    assert ours[0] == smol.tokenizer.decode(ref[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_icl_lifts_boolean_pattern_accuracy_on_embedded_model(smol):
+    result = evaluate(smol, "boolean", shots=[0, 4], n=24, progress=False, n_validation=8)
+    frame = result.to_frame()
+    assert set(frame.condition) == {"pattern", "control"}
+    assert set(frame.split) == {"test", "validation"}
+    icl = result.accuracy("pattern", 4)
+    assert icl >= 0.75, frame
+    row = frame[(frame.condition == "pattern") & (frame.shots == 4) & (frame.split == "test")]
+    assert row.ci_low.item() <= icl <= row.ci_high.item()
+    assert "chosen_on_validation" in result.selection
+    assert len(result.predictions) == 4 * 24
+
+
+def test_open_answer_scores_exact_and_lenient(tiny):
+    result = evaluate(tiny, "expression", shots=[0], n=4, progress=False)
+    for p in result.predictions:
+        assert p.correct == (p.prediction == p.target)
+        assert p.lenient == (p.correct or p.target in p.raw)
