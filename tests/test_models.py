@@ -98,3 +98,13 @@ def test_missing_embedded_package_says_how_to_install(monkeypatch, tmp_path):
 def test_bad_dtype():
     with pytest.raises(ModelSpecError, match="unknown dtype"):
         load_model("tiny-random-llama", device="cpu", dtype="float8")
+
+
+def test_gemma_spec_loads_with_bridge():
+    plain = load_model("gemma3-270m", device="cpu")
+    assert (plain.n_layers, plain.n_heads) == (18, 4)
+    assert plain.hf.config.architectures == ["Gemma3ForCausalLM"]
+    bridged = load_model("gemma3-270m", device="cpu")
+    ids = _ids(plain, "The capital of France is")
+    with torch.no_grad():
+        assert torch.allclose(bridged.bridge(ids), plain.hf(ids).logits, atol=1e-4)
