@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-cache", action="store_true", help="recompute the demonstrations per query")
     ev.add_argument("--no-header", action="store_true", help="no instruction header")
     ev.add_argument("--chat", action="store_true", help="wrap prompts in the chat template")
+    ev.add_argument("--pool-size", type=int, default=256,
+                    help="demonstration pool size; shots may not exceed it")
     ev.add_argument("--knob", action="append", metavar="KEY=VALUE")
     ev.add_argument("--out", default="runs/eval", help="output directory")
 
@@ -123,6 +125,9 @@ def cmd_eval(args) -> int:
         raise ConfigError(f"--n must be > 0, got {args.n}")
     if min(args.shots) < 0:
         raise ConfigError("--shots must be non-negative")
+    if max(args.shots) > args.pool_size:  # checked before the model loads
+        raise ConfigError(f"{max(args.shots)} shots asked but the demonstration pool holds only "
+                          f"{args.pool_size} (--pool-size)")
     knobs = _knobs(args.knob)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     out = Path(args.out)
@@ -131,7 +136,8 @@ def cmd_eval(args) -> int:
         result = evaluate(model, task, shots=args.shots, n=args.n, seed=args.seed,
                           batch_size=args.batch_size, use_cache=not args.no_cache,
                           n_validation=args.n_validation, header=not args.no_header,
-                          chat=args.chat, progress=not args.quiet, **knobs)
+                          chat=args.chat, pool_size=args.pool_size, progress=not args.quiet,
+                          **knobs)
         result.save(out)  # each task is saved as soon as it is done
         frames.append(result.to_frame())
         sel = result.selection

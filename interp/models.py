@@ -199,7 +199,9 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 def _load_hf(source: str, dtype, attn_implementation: str, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # loading from safetensors is quick; keep stderr clean
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     kwargs = dict(local_files_only=offline, trust_remote_code=trust_remote_code)
     try:

@@ -1,0 +1,1 @@
+"""Causal analysis on TransformerLens bridges: activation patching, attribution patching."""
