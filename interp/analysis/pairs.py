@@ -121,7 +121,3 @@ def tokenize_pairs(model, pairs: Sequence[dict]) -> list[dict]:
                     "answer_id": first_answer_token(tok, p["answer"]),
                     "foil_id": first_answer_token(tok, p["foil"])})
     return out
-
-
-def stack(tokens: Sequence[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(list(tokens))
