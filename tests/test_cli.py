@@ -29,6 +29,21 @@ def test_help_and_version():
     (["data", "--task", "parity", "--n", "3", "--knob", "bogus=1", "--out", "x.jsonl"], "no knob"),
     (["eval", "--model", "tiny-random-llama", "--task", "boolean", "--shots", "0,999"],
      "pool holds only"),
+    (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--component", "necks"],
+     "unknown component"),
+    (["patch", "--model", "tiny-random-llama", "--pairs", "missing.jsonl"], "no such pairs file"),
+    (["patch", "--model", "tiny-random-llama", "--task", "nope"], "unknown task"),
+    (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--ablate", "half"],
+     "--ablate"),
+    (["finetune", "--model", "tiny-random-llama", "--method", "sgd"], "invalid choice"),
+    (["finetune", "--model", "tiny-random-llama", "--task", "nope"], "unknown task"),
+    (["finetune", "--model", "tiny-random-llama", "--n-train", "0"], "--n-train"),
+    (["finetune", "--model", "tiny-random-llama", "--method", "lcgd", "--task",
+      "boolean,parity"], "one task"),
+    (["finetune", "--model", "tiny-random-llama", "--batch-size", "0"], "batch_size"),
+    (["align", "--model", "tiny-random-llama", "--task", "expression"], "closed answer set"),
+    (["align", "--model", "tiny-random-llama", "--task", "boolean", "--method", "adam"],
+     "unknown method"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -61,3 +76,79 @@ def test_eval_writes_results_and_keeps_earlier_tasks(tmp_path, capsys):
     assert main(["eval", "--model", "tiny-random-llama", "--task", "boolean", "--shots", "500",
                  "--n", "2", "--out", str(out)]) == 2
     assert (out / "eval_boolean.json").read_bytes() == before
+
+
+def test_patch_writes_scores_matching_the_library(tmp_path, capsys):
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+    from transformer_lens import patching as tlp
+
+    from interp.analysis.metrics import logit_diff
+    from interp.analysis.pairs import tokenize_pairs
+    from interp.models import load_model
+
+    rows = [{"clean": "The cat sat on the mat and", "corrupt": "The dog sat on the rug and",
+             "answer": " a", "foil": " the"},
+            {"clean": "One two three four five six seven", "answer": " eight",
+             "corrupt": "One two three four five six ten", "foil": " nine"}]
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(r) for r in rows))
+    out = tmp_path / "patch"
+    assert main(["--quiet", "patch", "--model", "tiny-random-llama", "--pairs", str(pairs),
+                 "--component", "heads,mlp", "--method", "activation", "--dla",
+                 "--ablate", "zero", "--n-boot", "50", "--out", str(out)]) == 0
+    scores = load_file(out / "scores.safetensors")
+    summary = json.loads((out / "summary.json").read_text())
+    model = load_model("tiny-random-llama")
+    assert scores["heads"].shape == (model.n_layers, model.n_heads)
+    assert {"heads_normalized", "mlp", "dla_heads", "ablate_zero_heads"} <= set(scores)
+    # the saved head scores are what transformer_lens.patching returns on the same pairs
+    tokens = tokenize_pairs(model, rows)
+    for i, t in enumerate(tokens):
+        metric = logit_diff([t["answer_id"]], [t["foil_id"]])
+        _, cache = model.bridge.run_with_cache(t["clean"][None])
+        ref = tlp.get_act_patch_attn_head_out_all_pos(
+            model.bridge, t["corrupt"][None], cache, lambda logits: metric(logits).mean())
+        assert torch.allclose(scores["heads_per_pair"][..., i], ref, atol=1e-4)
+    assert torch.allclose(scores["heads"], scores["heads_per_pair"].mean(-1))
+    base = summary["baselines"]
+    assert base["clean"]["ci95"][0] <= base["clean"]["mean"] <= base["clean"]["ci95"][1]
+    assert (out / "patching.html").stat().st_size > 100_000
+    assert "top normalised effects" in capsys.readouterr().out
+
+
+def test_finetune_sweep_trains_one_model_per_size(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "ft"
+    assert main(["--quiet", "finetune", "--model", "tiny-random-llama", "--task", "boolean",
+                 "--method", "full", "--n-train", "8,16", "--epochs", "1", "--batch-size", "4",
+                 "--n-eval", "4", "--out", str(out)]) == 0
+    rows = json.loads((out / "finetune_accuracy.json").read_text())["rows"]
+    assert [r["n_train"] for r in rows] == [8, 16]
+    for n, steps in ((8, 2), (16, 4)):
+        config = json.loads((out / f"n{n}" / "train_config.json").read_text())
+        assert config["steps"] == steps and config["config"]["method"] == "full"
+        assert (out / f"n{n}" / "model.safetensors").is_file()
+        assert (out / f"n{n}" / "eval_boolean.json").is_file()
+    printed = capsys.readouterr().out
+    assert "before" in printed and "after n=16" in printed
+
+
+def test_align_writes_table_with_methods_and_baselines(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "align"
+    assert main(["--quiet", "align", "--model", "tiny-random-llama", "--task", "boolean",
+                 "--demos", "2", "--seeds", "1", "--n", "3", "--out", str(out)]) == 0
+    result = json.loads((out / "alignment.json").read_text())
+    settings = [r["setting"] for r in result["rows"]]
+    assert settings == ["gd-kv", "lcgd", "random update", "untrained (gd-kv)",
+                        "embeddings-only (gd-kv)"]
+    for row in result["rows"]:
+        assert -1.0 <= row["SimAOU"] <= 1.0
+    assert (out / "alignment.html").stat().st_size > 100_000
+    printed = capsys.readouterr().out
+    assert "SimAOU_norm" in printed and "lcgd" in printed

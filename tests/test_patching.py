@@ -29,11 +29,12 @@ def setup():
     ("attn", tlp.get_act_patch_attn_out),
     ("mlp", tlp.get_act_patch_mlp_out),
 ])
-def test_batched_patching_equals_transformer_lens(setup, component, reference):
+@pytest.mark.parametrize("fast", [True, False])
+def test_batched_patching_equals_transformer_lens(setup, component, reference, fast):
     model, clean, corrupt, metric = setup
     _, clean_cache = model.bridge.run_with_cache(clean)
     ref = reference(model.bridge, corrupt, clean_cache, lambda logits: metric(logits).mean())
-    ours = activation_patch(model, clean, corrupt, metric, component, chunk=5).mean(-1)
+    ours = activation_patch(model, clean, corrupt, metric, component, chunk=5, fast=fast).mean(-1)
     if component == "heads_pos":  # TL orders (layer, pos, head)
         ours = ours.permute(0, 2, 1)
     assert ours.shape == ref.shape
@@ -89,10 +90,46 @@ def test_patch_pairs_groups_lengths_and_keeps_order(setup):
              {"clean": clean[1], "corrupt": corrupt[1], "answer_id": a_id, "foil_id": f_id}]
     out = patch_pairs(model, pairs, "heads")
     full = activation_patch(model, clean, corrupt, metric, "heads")
-    assert out["scores"].shape == (model.n_layers, model.n_heads, 3)
-    assert torch.allclose(out["scores"][..., [0, 2]], full, atol=1e-5)
-    with pytest.raises(ConfigError, match="one token length"):
-        patch_pairs(model, pairs, "resid")
+    assert out.scores.shape == (model.n_layers, model.n_heads, 3)
+    assert torch.allclose(out.scores[..., [0, 2]], full, atol=1e-5)
+    assert torch.allclose(out.mean, out.scores.mean(-1))
+    # position-indexed components align on the last token across lengths
+    resid = patch_pairs(model, pairs, "resid")
+    width = len(short_c)
+    assert resid.positions == list(range(-width, 0))
+    long_only = activation_patch(model, clean, corrupt, metric, "resid")[:, -width:]
+    assert torch.allclose(resid.scores[..., [0, 2]], long_only, atol=1e-5)
+
+
+PREFIX = "Alice and Bob went to the market to buy some fresh bread. Then"
+
+
+@pytest.mark.parametrize("component,reference", [
+    ("heads", tlp.get_act_patch_attn_head_out_all_pos),
+    ("heads_pos", tlp.get_act_patch_attn_head_out_by_pos),
+    ("resid", tlp.get_act_patch_resid_pre),
+])
+@pytest.mark.parametrize("layer_loop", [True, False])
+def test_shared_prefix_paths_equal_transformer_lens(setup, monkeypatch, component, reference,
+                                                    layer_loop):
+    """A long common prefix is computed once (and, on Llama-style models, patched runs start at
+    the hooked layer); both paths must still equal TransformerLens."""
+    from interp.analysis import patching
+
+    model, _, _, _ = setup
+    if not layer_loop:
+        monkeypatch.setattr(patching._SuffixRunner, "LAYER_LOOP", set())
+    tok = model.tokenizer
+    clean = torch.tensor([tok(PREFIX + s).input_ids for s in (" Alice said", " Bob said")])
+    corrupt = torch.tensor([tok(PREFIX + s).input_ids for s in (" Carol said", " Dave said")])
+    assert clean.shape == corrupt.shape and patching.first_difference(clean, corrupt) > 10
+    metric = logit_diff([first_answer_token(tok, " a")] * 2, [first_answer_token(tok, " the")] * 2)
+    _, clean_cache = model.bridge.run_with_cache(clean)
+    ref = reference(model.bridge, corrupt, clean_cache, lambda logits: metric(logits).mean())
+    ours = activation_patch(model, clean, corrupt, metric, component, chunk=7).mean(-1)
+    if component == "heads_pos":
+        ours = ours.permute(0, 2, 1)
+    assert (ours - ref).abs().max().item() <= 1e-4
 
 
 def test_normalized_effect_hand_values():

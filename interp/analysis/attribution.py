@@ -8,11 +8,23 @@ so the effect estimates ``patched - corrupt`` of :func:`interp.analysis.patching
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from interp.analysis.patching import COMPONENTS, grid_shape
 from interp.errors import ConfigError
 from interp.models import LoadedModel
+
+
+def _keepers(store: dict, names: list[str]) -> list:
+    """Forward hooks that keep each named activation (graph attached) in ``store``."""
+    def keeper(name: str):
+        def keep(act, hook=None):
+            store[name] = act
+            return act
+        return keep
+    return [(n, keeper(n)) for n in names]
 
 
 def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor, metric,
@@ -27,26 +39,72 @@ def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Te
     with torch.no_grad():
         _, cache = bridge.run_with_cache(source, names_filter=lambda n: n in set(names))
     acts: dict[str, torch.Tensor] = {}
-
-    def keeper(name: str):
-        def keep(act, hook=None):
-            act.retain_grad()
-            acts[name] = act
-            return act
-        return keep
-
     with torch.enable_grad():
-        logits = bridge.run_with_hooks(target, fwd_hooks=[(n, keeper(n)) for n in names])
-        metric(logits).sum().backward()  # examples are independent: d sum / d a_b = d m_b / d a_b
+        logits = bridge.run_with_hooks(target, fwd_hooks=_keepers(acts, names))
+        # examples are independent: d sum / d a_b = d m_b / d a_b; no parameter gradients
+        grads = torch.autograd.grad(metric(logits).sum(), [acts[n] for n in names])
     B, T = target.shape
     per_layer = []
-    for name in names:
-        delta = (cache[name] - acts[name].detach()) * acts[name].grad
+    for name, grad in zip(names, grads):
+        delta = (cache[name] - acts[name].detach()) * grad
         if component == "heads":
             per_layer.append(delta.sum(dim=(1, 3)).T)             # [head, batch]
         elif component == "heads_pos":
             per_layer.append(delta.sum(dim=3).permute(2, 1, 0))   # [head, pos, batch]
         else:
             per_layer.append(delta.sum(dim=2).T)                  # [pos, batch]
-    model.hf.zero_grad(set_to_none=True)
     return torch.stack(per_layer).float().cpu().reshape(*grid_shape(model, component, T), B)
+
+
+def _frozen(act, hook=None):
+    return act.detach()
+
+
+def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_ids, foil_ids,
+                             position: int = -1) -> dict[str, torch.Tensor]:
+    """Each component's direct contribution to ``logit[answer] - logit[foil]`` at ``position``.
+
+    A component's output is read straight through the final norm (its scale frozen at the
+    run's value, the usual convention) and the unembedding. Returns ``heads [layer, head, batch]``,
+    ``mlp [layer, batch]``, ``embed [batch]``, ``rest [batch]`` (attention biases and the
+    unembedding bias) and ``total [batch]`` (the logit difference itself); the parts sum to
+    ``total``. Pre-norm decoders only (Llama, Qwen, Mistral): a norm after attention makes a
+    head's direct path non-linear.
+    """
+    if any(hasattr(layer, "post_attention_layernorm") and hasattr(layer, "pre_feedforward_layernorm")
+           for layer in model.hf.model.layers[:1]):
+        raise ConfigError(f"{model.spec}: per-head direct logit attribution needs a pre-norm "
+                          "decoder without post-attention norms (Llama, Qwen, Mistral)")
+    bridge = model.bridge
+    L = model.n_layers
+    names = ([f"blocks.{l}.attn.hook_z" for l in range(L)] +
+             [f"blocks.{l}.hook_mlp_out" for l in range(L)] +
+             [f"blocks.{l}.hook_attn_out" for l in range(L)] + ["blocks.0.hook_resid_pre"])
+    acts: dict[str, torch.Tensor] = {}
+    hooks = _keepers(acts, names + ["ln_final.hook_in"])
+    hooks.append(("ln_final.hook_scale", _frozen))
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the bridge warns that an edited norm scale is used
+        logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
+        rows = torch.arange(tokens.shape[0], device=logits.device)
+        last = logits[:, position]
+        metric = (last[rows, torch.as_tensor(answer_ids, device=logits.device)] -
+                  last[rows, torch.as_tensor(foil_ids, device=logits.device)])
+        (grad,) = torch.autograd.grad(metric.sum(), acts["ln_final.hook_in"])
+    u = grad[:, position].detach()                                          # [batch, d_model]
+    with torch.no_grad():
+        heads, mlp, attn = [], [], []
+        for l in range(L):
+            z = acts[f"blocks.{l}.attn.hook_z"][:, position].detach()       # [batch, head, d_head]
+            w_o = bridge.blocks[l].attn.o.weight.detach()                   # [d_model, head*d_head]
+            w_o = w_o.view(w_o.shape[0], model.n_heads, -1)
+            heads.append(torch.einsum("bhe,dhe,bd->hb", z, w_o, u))
+            mlp.append((acts[f"blocks.{l}.hook_mlp_out"][:, position].detach() * u).sum(-1))
+            attn.append((acts[f"blocks.{l}.hook_attn_out"][:, position].detach() * u).sum(-1))
+        heads, mlp, attn = torch.stack(heads), torch.stack(mlp), torch.stack(attn)
+        embed = (acts["blocks.0.hook_resid_pre"][:, position].detach() * u).sum(-1)
+        total = metric.detach()
+        rest = total - heads.sum((0, 1)) - mlp.sum(0) - embed
+    return {k: v.float().cpu() for k, v in
+            {"heads": heads, "mlp": mlp, "embed": embed, "rest": rest, "total": total,
+             "attn": attn}.items()}

@@ -1,0 +1,1 @@
+"""Subcommands of the ``interp`` CLI that outgrew ``interp.cli``."""

@@ -1,0 +1,88 @@
+import pytest
+import torch
+
+from interp.analysis.attribution import direct_logit_attribution
+from interp.analysis.patching import ablate
+from interp.analysis.results import PatchResult, bootstrap_ci
+from interp.errors import ConfigError
+from interp.models import load_model
+
+TEXTS = ["The cat sat on the mat and", "One two three four five six seven"]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = load_model("tiny-random-llama", device="cpu")
+    tokens = torch.tensor([model.tokenizer(t).input_ids for t in TEXTS])
+    return model, tokens
+
+
+def test_direct_logit_attribution_decomposes_the_logit_difference(tiny):
+    model, tokens = tiny
+    dla = direct_logit_attribution(model, tokens, [5, 9], [7, 11])
+    assert dla["heads"].shape == (model.n_layers, model.n_heads, 2)
+    with torch.no_grad():
+        logits = model.bridge(tokens)[:, -1]
+    total = torch.stack([logits[0, 5] - logits[0, 7], logits[1, 9] - logits[1, 11]])
+    assert torch.allclose(dla["total"], total, atol=1e-5)
+    parts = dla["heads"].sum((0, 1)) + dla["mlp"].sum(0) + dla["embed"]
+    assert torch.allclose(parts, total, atol=1e-4)        # no biases in this model
+    assert torch.allclose(dla["heads"].sum(1), dla["attn"], atol=1e-5)
+    assert dla["heads"].abs().max() > 1e-3
+
+
+def _ablated_by_hand(model, tokens, layer, head, value):
+    def hook(z, hook=None):
+        z = z.clone()
+        z[:, :, head] = value[:, :, head] if torch.is_tensor(value) else 0.0
+        return z
+    with torch.no_grad():
+        logits = model.bridge.run_with_hooks(
+            tokens, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", hook)])
+    return logits[:, -1, 5] - logits[:, -1, 7]
+
+
+@pytest.mark.parametrize("mode", ["zero", "mean"])
+def test_head_ablation_equals_single_hooked_runs(tiny, mode):
+    model, tokens = tiny
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    scores = ablate(model, tokens, metric, mode=mode, chunk=5)
+    assert scores.shape == (model.n_layers, model.n_heads, 2)
+    _, cache = model.bridge.run_with_cache(tokens)
+    for layer, head in [(0, 0), (1, 3), (2, 1)]:
+        z = cache[f"blocks.{layer}.attn.hook_z"]
+        value = None if mode == "zero" else z.mean(0, keepdim=True).expand_as(z)
+        ref = _ablated_by_hand(model, tokens, layer, head, value)
+        assert torch.allclose(scores[layer, head], ref, atol=1e-5)
+    with pytest.raises(ConfigError, match="ablation mode"):
+        ablate(model, tokens, metric, mode="resample")
+
+
+def test_bootstrap_interval_matches_normal_theory():
+    gen = torch.Generator().manual_seed(0)
+    values = torch.randn(2, 400, generator=gen) + torch.tensor([[0.0], [5.0]])
+    low, high = bootstrap_ci(values, n_boot=2000, seed=1)
+    se = values.std(-1) / 400 ** 0.5
+    width = high - low
+    assert torch.allclose(width, 2 * 1.96 * se, rtol=0.15)
+    assert bool(((low < values.mean(-1)) & (values.mean(-1) < high)).all())
+    same, again = bootstrap_ci(values, seed=3), bootstrap_ci(values, seed=3)
+    assert torch.equal(same[0], again[0])
+    const_low, const_high = bootstrap_ci(torch.full((1, 10), 2.5))
+    assert float(const_low) == pytest.approx(2.5) and float(const_high) == pytest.approx(2.5)
+
+
+def test_patch_result_normalized_and_intervals():
+    scores = torch.tensor([[[1.0, 3.0, 2.0, 2.0]]])        # one component, four pairs
+    clean, corrupt = torch.full((4,), 3.0), torch.full((4,), 1.0)
+    result = PatchResult("heads", "activation", "denoise", scores, clean, corrupt)
+    assert result.mean.item() == pytest.approx(2.0)
+    assert result.normalized.item() == pytest.approx(0.5)   # (2 - 1) / (3 - 1)
+    low, high = result.ci(normalized=True)
+    assert low.item() <= 0.5 <= high.item() and low.item() >= 0.0 and high.item() <= 1.0
+    saved = result.tensors(n_boot=200)
+    assert set(saved) >= {"heads", "heads_normalized", "heads_ci_low", "heads_per_pair"}
+    assert result.top(1)[0] == {"index": [0, 0], "value": pytest.approx(0.5)}
