@@ -130,7 +130,6 @@ def stage_scores(config: ShiftConfig, out: Path, ft_spec: str) -> dict:
     from safetensors.torch import load_file, save_file
 
     from interp.analysis.pairs import tokenize_pairs
-    from interp.analysis.patching import patch_pairs
 
     path = out / "scores.safetensors"
     ids_path = out / "pair_ids.json"
@@ -139,28 +138,53 @@ def stage_scores(config: ShiftConfig, out: Path, ft_spec: str) -> dict:
         ids = json.loads(ids_path.read_text())
         return {c: {"heads": flat[f"{c}/heads"], "mlp": flat[f"{c}/mlp"],
                     "gap": flat[f"{c}/gap"], "ids": ids[c]} for c in CONDITIONS}
-    method = "activation" if config.exact else "attribution"
     result, ids = {}, {}
     bar = tqdm(CONDITIONS, desc="score conditions", disable=not config.progress)
     for cond in bar:
         model = _load(config, ft_spec if cond == "ft-zs" else config.model)
         pairs = condition_pairs(config, model.tokenizer, icl=cond == "base-icl")
         tokens = tokenize_pairs(model, pairs)
-        heads = patch_pairs(model, tokens, "heads", method)
-        mlp = patch_pairs(model, tokens, "mlp", method)
-        gap = (heads.clean - heads.corrupt).mean()
+        heads, mlp, clean, corrupt = _condition_effects(model, tokens, config.exact)
+        gap = (clean - corrupt).mean()
         if gap.abs() < 1e-3:  # no clean-corrupt difference to normalise by: keep logit units
             gap = torch.tensor(1.0)
-        # per-pair effects; MLP summed over positions (last-token aligned)
-        h = (heads.scores - heads.corrupt) / gap
-        m = (mlp.scores - mlp.corrupt).sum(1) / gap
-        result[cond] = {"heads": h, "mlp": m, "gap": torch.tensor([float(gap)]),
+        result[cond] = {"heads": heads / gap, "mlp": mlp / gap, "gap": torch.tensor([float(gap)]),
                         "ids": [p["id"] for p in pairs]}
         ids[cond] = result[cond]["ids"]
-    save_file({f"{c}/{k}": v["heads" if k == "heads" else k].contiguous()
+    save_file({f"{c}/{k}": v[k].contiguous()
                for c, v in result.items() for k in ("heads", "mlp", "gap")}, path)
     ids_path.write_text(json.dumps(ids))
     return result
+
+
+def _condition_effects(model: LoadedModel, tokens: list[dict], exact: bool):
+    """Per-pair effects (patched - corrupt) of every head ``[L, H, n]`` and MLP ``[L, n]``
+    (summed over positions), and the clean and corrupt metrics ``[n]``."""
+    from interp.analysis.attribution import attribution_components
+    from interp.analysis.metrics import logit_diff
+    from interp.analysis.patching import patch_pairs
+
+    if exact:
+        heads = patch_pairs(model, tokens, "heads", "activation")
+        mlp = patch_pairs(model, tokens, "mlp", "activation")
+        return (heads.scores - heads.corrupt, (mlp.scores - mlp.corrupt).sum(1), heads.clean,
+                heads.corrupt)
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(tokens):
+        groups.setdefault(int(t["clean"].shape[0]), []).append(i)
+    heads, mlp = [None] * len(tokens), [None] * len(tokens)
+    clean, corrupt = torch.empty(len(tokens)), torch.empty(len(tokens))
+    for idx in groups.values():
+        metric = logit_diff([tokens[i]["answer_id"] for i in idx],
+                            [tokens[i]["foil_id"] for i in idx])
+        out = attribution_components(
+            model, torch.stack([tokens[i]["clean"] for i in idx]).to(model.device),
+            torch.stack([tokens[i]["corrupt"] for i in idx]).to(model.device), metric,
+            ("heads", "mlp"), with_metric=True)
+        for j, i in enumerate(idx):
+            heads[i], mlp[i] = out["heads"][..., j], out["mlp"][..., j].sum(1)
+            clean[i], corrupt[i] = out["source"][j], out["target"][j]
+    return torch.stack(heads, -1), torch.stack(mlp, -1), clean, corrupt
 
 
 def _map(scores: dict, idx=None) -> ScoreMap:
@@ -218,10 +242,10 @@ def faithfulness(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -
     (own condition), and the ICL circuit run in the FT condition and the reverse."""
     from interp.analysis.metrics import logit_diff
     from interp.analysis.pairs import tokenize_pairs
-    from interp.analysis.patching import patch_set, run_metric
+    from interp.analysis.patching import patch_set, run_metric, set_cache
 
     total = maps["base-zs"].flat.numel()
-    sizes = sorted({s for s in (1, 2, 4, 8, 16, 32, 64) if s < total} | {max(config.ks)})
+    sizes = sorted({s for s in (1, 2, 5, 10, 20, 40) if s < total} | {max(config.ks)})
     runs = {cond: cond for cond in CONDITIONS}
     runs.update({"icl-circuit@ft-zs": "ft-zs", "ft-circuit@base-icl": "base-icl"})
     source = {"icl-circuit@ft-zs": "base-icl", "ft-circuit@base-icl": "ft-zs"}
@@ -241,14 +265,15 @@ def faithfulness(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -
             corrupt = torch.stack([t["corrupt"] for t in group]).to(model.device)
             metric = logit_diff([t["answer_id"] for t in group], [t["foil_id"] for t in group])
             k = run_metric(model, corrupt, metric)
-            groups.append((clean, corrupt, metric, k, run_metric(model, clean, metric) - k))
-        den = sum(float(gap.sum()) for *_, gap in groups)
+            groups.append((clean, corrupt, metric, k, run_metric(model, clean, metric) - k,
+                           set_cache(model, clean)))
+        den = sum(float(group[4].sum()) for group in groups)
         circuit = maps[source.get(name, cond)]
         recovered = []
         for size in sizes:
             heads, mlps = components(circuit, top_k(circuit, size))
-            num = sum(float((patch_set(model, clean, corrupt, metric, heads, mlps) - k).sum())
-                      for clean, corrupt, metric, k, _ in groups)
+            num = sum(float((patch_set(model, clean, corrupt, metric, heads, mlps, cache)
+                              - k).sum()) for clean, corrupt, metric, k, _, cache in groups)
             recovered.append(num / den if abs(den) > 1e-9 else float("nan"))
         curves[name] = {"sizes": sizes, "recovered": recovered}
     return curves

@@ -86,3 +86,22 @@ def test_patch_result_normalized_and_intervals():
     saved = result.tensors(n_boot=200)
     assert set(saved) >= {"heads", "heads_normalized", "heads_ci_low", "heads_per_pair"}
     assert result.top(1)[0] == {"index": [0, 0], "value": pytest.approx(0.5)}
+
+
+def test_attribution_components_share_one_pass(tiny):
+    from interp.analysis.attribution import attribution_components, attribution_patch
+    from interp.analysis.patching import run_metric
+
+    model, tokens = tiny
+    corrupt = tokens.flip(0)
+
+    def metric(logits):
+        return logits[:, -1, 5] - logits[:, -1, 7]
+
+    both = attribution_components(model, tokens, corrupt, metric, ("heads", "mlp"),
+                                  with_metric=True)
+    for component in ("heads", "mlp"):
+        single = attribution_patch(model, tokens, corrupt, metric, component)
+        assert torch.allclose(both[component], single, atol=1e-6)
+    assert torch.allclose(both["source"], run_metric(model, tokens, metric), atol=1e-5)
+    assert torch.allclose(both["target"], run_metric(model, corrupt, metric), atol=1e-5)

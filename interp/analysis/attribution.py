@@ -30,30 +30,49 @@ def _keepers(store: dict, names: list[str]) -> list:
 def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor, metric,
                       component: str = "heads", direction: str = "denoise") -> torch.Tensor:
     """Estimated effect of patching each component, per pair: ``[*grid, batch]``."""
-    if component not in COMPONENTS:
-        raise ConfigError(f"unknown component {component!r}; choose one of {', '.join(COMPONENTS)}")
+    return attribution_components(model, clean, corrupt, metric, [component], direction)[component]
+
+
+def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
+                           metric, components=("heads", "mlp"), direction: str = "denoise",
+                           with_metric: bool = False) -> dict[str, torch.Tensor]:
+    """Several component kinds from the same two forwards and one backward:
+    ``{component: [*grid, batch]}``; with ``with_metric`` also the unpatched metrics ``source``
+    and ``target`` (``[batch]``) those forwards computed anyway."""
+    bad = [c for c in components if c not in COMPONENTS]
+    if bad:
+        raise ConfigError(f"unknown component {bad[0]!r}; choose one of {', '.join(COMPONENTS)}")
     bridge = model.bridge
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
-    hook = COMPONENTS[component]
-    names = [hook.format(l) for l in range(model.n_layers)]
+    names = list(dict.fromkeys(COMPONENTS[c].format(l) for c in components
+                               for l in range(model.n_layers)))
     with torch.no_grad():
-        _, cache = bridge.run_with_cache(source, names_filter=lambda n: n in set(names))
+        source_logits, cache = bridge.run_with_cache(source, names_filter=lambda n: n in names)
     acts: dict[str, torch.Tensor] = {}
     with torch.enable_grad():
         logits = bridge.run_with_hooks(target, fwd_hooks=_keepers(acts, names))
+        values = metric(logits)
         # examples are independent: d sum / d a_b = d m_b / d a_b; no parameter gradients
-        grads = torch.autograd.grad(metric(logits).sum(), [acts[n] for n in names])
+        grads = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
     B, T = target.shape
-    per_layer = []
-    for name, grad in zip(names, grads):
-        delta = (cache[name] - acts[name].detach()) * grad
-        if component == "heads":
-            per_layer.append(delta.sum(dim=(1, 3)).T)             # [head, batch]
-        elif component == "heads_pos":
-            per_layer.append(delta.sum(dim=3).permute(2, 1, 0))   # [head, pos, batch]
-        else:
-            per_layer.append(delta.sum(dim=2).T)                  # [pos, batch]
-    return torch.stack(per_layer).float().cpu().reshape(*grid_shape(model, component, T), B)
+    out = {}
+    for component in components:
+        per_layer = []
+        for l in range(model.n_layers):
+            name = COMPONENTS[component].format(l)
+            delta = (cache[name] - acts[name].detach()) * grads[name]
+            if component == "heads":
+                per_layer.append(delta.sum(dim=(1, 3)).T)             # [head, batch]
+            elif component == "heads_pos":
+                per_layer.append(delta.sum(dim=3).permute(2, 1, 0))   # [head, pos, batch]
+            else:
+                per_layer.append(delta.sum(dim=2).T)                  # [pos, batch]
+        out[component] = torch.stack(per_layer).float().cpu().reshape(
+            *grid_shape(model, component, T), B)
+    if with_metric:
+        out["source"] = metric(source_logits).detach().float().cpu()
+        out["target"] = values.detach().float().cpu()
+    return out
 
 
 def _frozen(act, hook=None):

@@ -321,14 +321,23 @@ def patch_pairs(model: LoadedModel, pairs: Sequence[dict], component: str = "hea
                        torch.stack([corrupt_base[i] for i in order]), positions)
 
 
+def set_cache(model: LoadedModel, clean: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Clean activations :func:`patch_set` draws from (every head output and MLP output)."""
+    names = ({f"blocks.{l}.attn.hook_z" for l in range(model.n_layers)} |
+             {f"blocks.{l}.hook_mlp_out" for l in range(model.n_layers)})
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(clean, names_filter=lambda n: n in names)
+    return {n: cache[n] for n in names}
+
+
 @torch.no_grad()
 def patch_set(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor, metric,
-              heads: Sequence[tuple[int, int]] = (), mlps: Sequence[int] = ()) -> torch.Tensor:
+              heads: Sequence[tuple[int, int]] = (), mlps: Sequence[int] = (),
+              cache: dict | None = None) -> torch.Tensor:
     """Metric of the corrupt run with all the given heads (``hook_z``) and MLP outputs patched in
-    from the clean run at once, at every position: ``[batch]``. A circuit's faithfulness."""
-    names = ({f"blocks.{l}.attn.hook_z" for l, _ in heads} |
-             {f"blocks.{l}.hook_mlp_out" for l in mlps})
-    _, cache = model.bridge.run_with_cache(clean, names_filter=lambda n: n in names)
+    from the clean run at once, at every position: ``[batch]``. A circuit's faithfulness.
+    ``cache`` (from :func:`set_cache`) saves the clean forward when many sets are tried."""
+    cache = cache if cache is not None else set_cache(model, clean)
     by_layer: dict[int, list[int]] = {}
     for l, h in heads:
         by_layer.setdefault(l, []).append(h)
