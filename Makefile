@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/interp shift --model smollm2-135m --task boolean --shots 4 --n-train 128 --out runs/demo
+	$(BIN)/interp shift --model smollm2-135m --task boolean --shots 4 --n-train 128 --n-pairs 16 --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q --timeout 900

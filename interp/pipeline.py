@@ -245,7 +245,7 @@ def faithfulness(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -
     from interp.analysis.patching import patch_set, run_metric, set_cache
 
     total = maps["base-zs"].flat.numel()
-    sizes = sorted({s for s in (1, 2, 5, 10, 20, 40) if s < total} | {max(config.ks)})
+    sizes = sorted({s for s in (1, 2, 5, 10, 20) if s < total} | {max(config.ks)})
     runs = {cond: cond for cond in CONDITIONS}
     runs.update({"icl-circuit@ft-zs": "ft-zs", "ft-circuit@base-icl": "base-icl"})
     source = {"icl-circuit@ft-zs": "base-icl", "ft-circuit@base-icl": "ft-zs"}
