@@ -162,16 +162,14 @@ def _condition_effects(model: LoadedModel, tokens: list[dict], exact: bool):
     (summed over positions), and the clean and corrupt metrics ``[n]``."""
     from interp.analysis.attribution import attribution_components
     from interp.analysis.metrics import logit_diff
-    from interp.analysis.patching import patch_pairs
+    from interp.analysis.patching import length_groups, patch_pairs
 
     if exact:
         heads = patch_pairs(model, tokens, "heads", "activation")
         mlp = patch_pairs(model, tokens, "mlp", "activation")
         return (heads.scores - heads.corrupt, (mlp.scores - mlp.corrupt).sum(1), heads.clean,
                 heads.corrupt)
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(tokens):
-        groups.setdefault(int(t["clean"].shape[0]), []).append(i)
+    groups = length_groups(tokens)
     heads, mlp = [None] * len(tokens), [None] * len(tokens)
     clean, corrupt = torch.empty(len(tokens)), torch.empty(len(tokens))
     for idx in groups.values():
@@ -242,7 +240,7 @@ def faithfulness(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -
     (own condition), and the ICL circuit run in the FT condition and the reverse."""
     from interp.analysis.metrics import logit_diff
     from interp.analysis.pairs import tokenize_pairs
-    from interp.analysis.patching import patch_set, run_metric, set_cache
+    from interp.analysis.patching import length_groups, patch_set, run_metric, set_cache
 
     total = maps["base-zs"].flat.numel()
     sizes = sorted({s for s in (1, 2, 5, 10, 20) if s < total} | {max(config.ks)})
@@ -256,11 +254,9 @@ def faithfulness(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -
         model = models.get(spec) or models.setdefault(spec, _load(config, spec))
         tokens = tokenize_pairs(model, condition_pairs(config, model.tokenizer,
                                                        icl=cond == "base-icl"))
-        by_length: dict[int, list[dict]] = {}
-        for t in tokens:
-            by_length.setdefault(int(t["clean"].shape[0]), []).append(t)
         groups = []
-        for group in by_length.values():
+        for idx in length_groups(tokens).values():
+            group = [tokens[i] for i in idx]
             clean = torch.stack([t["clean"] for t in group]).to(model.device)
             corrupt = torch.stack([t["corrupt"] for t in group]).to(model.device)
             metric = logit_diff([t["answer_id"] for t in group], [t["foil_id"] for t in group])

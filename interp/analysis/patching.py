@@ -260,6 +260,14 @@ def run_metric(model: LoadedModel, tokens: torch.Tensor, metric) -> torch.Tensor
     return metric(model.bridge(tokens)).float().cpu()
 
 
+def length_groups(pairs: Sequence[dict]) -> dict[int, list[int]]:
+    """Indices of the tokenised pairs by token length (no padding ever enters a forward)."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(int(p["clean"].shape[-1]), []).append(i)
+    return groups
+
+
 def patch_pairs(model: LoadedModel, pairs: Sequence[dict], component: str = "heads",
                 method: str = "activation", direction: str = "denoise", metric=None,
                 chunk: int | None = None, progress: bool = False):
@@ -282,11 +290,10 @@ def patch_pairs(model: LoadedModel, pairs: Sequence[dict], component: str = "hea
     component_grid(model, component, 1)
     if not pairs:
         raise ConfigError("no pairs to patch")
-    groups: dict[int, list[int]] = {}
     for i, p in enumerate(pairs):
         if p["clean"].shape != p["corrupt"].shape:
             raise ConfigError(f"pair {i}: clean and corrupt token lengths differ")
-        groups.setdefault(int(p["clean"].shape[-1]), []).append(i)
+    groups = length_groups(pairs)
     positional = component != "heads"
     width = min(groups)
     scores, clean_base, corrupt_base = {}, {}, {}

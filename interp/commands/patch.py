@@ -62,11 +62,10 @@ def _text_pairs(args, tokenizer) -> list[dict]:
 
 def _by_length(tokens: list[dict], fn) -> torch.Tensor:
     """Apply ``fn(clean [b, pos], idx)`` per token length; results ``[..., b]`` in pair order."""
-    groups: dict[int, list[int]] = {}
-    for i, t in enumerate(tokens):
-        groups.setdefault(int(t["clean"].shape[0]), []).append(i)
+    from interp.analysis.patching import length_groups
+
     parts, order = [], []
-    for idx in groups.values():
+    for idx in length_groups(tokens).values():
         parts.append(fn(torch.stack([tokens[i]["clean"] for i in idx]), idx))
         order.extend(idx)
     out = torch.cat(parts, dim=-1)
