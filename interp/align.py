@@ -6,16 +6,17 @@ config, a model whose only trained parts are the embeddings, norms and unembeddi
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.analysis.alignment import compare, random_update, record
+from interp.analysis.alignment import Recording, compare, random_update, record
 from interp.errors import ConfigError
 from interp.finetune import GD_METHODS, train_gd
-from interp.models import LoadedModel, load_model
+from interp.models import LoadedModel, load_model, plain_name
 from interp.prompts import demo_pool, sample_demos
 from interp.tasks import Example, generate, get_task, read_jsonl
 
@@ -82,34 +83,62 @@ def run_alignment(spec: str, task: str | None = None, demos: int = 32,
         raise ConfigError("--demos, --seeds and --n must be positive")
     queries = _queries(task, data, n)
     rows = []
-    bar = tqdm(total=seeds * (len(methods) + (2 if baselines else 0)), desc="align",
-               disable=not progress)
+    steps = seeds * demos * (len(methods) + (2 if baselines else 0))
+    bar = tqdm(total=steps, desc="align (GD steps)", disable=not progress)
+    template = load_model(spec, device=device)   # never bridged: the source of fresh copies
+    base = template.copy()
+    zs = record(base, queries)                    # zero-shot does not depend on the demos
+
+    def finetuned(model: LoadedModel, start: LoadedModel, shots, method) -> Recording:
+        """Train a copy of ``start`` by ``method`` and record it on ``model``'s bridge with the
+        trained keys/values swapped in: GD changes nothing else, and a bridge is not rebuilt."""
+        trained = start.copy()
+        train_gd(trained, shots, method, lr=lr, progress=False)
+        bar.update(len(shots))
+        with swapped_kv(model, trained):
+            return record(model, queries)
+
     for seed in range(seeds):
         shots = _demos(task, demo_data or data, demos, seed)
-        base = load_model(spec, device=device)
-        zs, icl = record(base, queries), record(base, queries, shots)
+        icl = record(base, queries, shots)
         for method in methods:
-            ft = load_model(spec, device=device)
-            train_gd(ft, shots, method, lr=lr, progress=False)
-            rows.append({"seed": seed, "setting": method,
-                         **compare(zs, icl, record(ft, queries))})
-            bar.update(1)
+            ft = finetuned(base, template, shots, method)
+            rows.append({"seed": seed, "setting": method, **compare(zs, icl, ft)})
         if not baselines:
             continue
         rows.append({"seed": seed, "setting": "random update",
                      "SimAOU": random_update(zs, icl, seed)})
         for keep in (False, True):
-            fresh = load_model(spec, device=device)
-            variant = untrained_copy(fresh, seed, keep_embeddings=keep)
+            variant = untrained_copy(template, seed, keep_embeddings=keep)
+            start = variant.copy()
             v_zs, v_icl = record(variant, queries), record(variant, queries, shots)
-            trained = untrained_copy(load_model(spec, device=device), seed, keep)
-            train_gd(trained, shots, methods[0], lr=lr, progress=False)
+            ft = finetuned(variant, start, shots, methods[0])
             name = f"{'embeddings-only' if keep else 'untrained'} ({methods[0]})"
-            rows.append({"seed": seed, "setting": name,
-                         **compare(v_zs, v_icl, record(trained, queries))})
-            bar.update(1)
+            rows.append({"seed": seed, "setting": name, **compare(v_zs, v_icl, ft)})
+            del variant, start
     bar.close()
     return rows
+
+
+@contextmanager
+def swapped_kv(model: LoadedModel, source: LoadedModel):
+    """Temporarily give ``model`` (bridged or not) the key/value weights of ``source``."""
+    from interp.finetune.layer_causal import kv_parameters
+
+    target = kv_parameters(model.hf)
+    weights = kv_parameters(source.hf)
+    if [plain_name(n) for n, _ in target] != [plain_name(n) for n, _ in weights]:
+        raise ConfigError("the two models' key/value parameters do not match")
+    saved = [p.detach().clone() for _, p in target]
+    with torch.no_grad():
+        for (_, p), (_, w) in zip(target, weights):
+            p.copy_(w)
+    try:
+        yield model
+    finally:
+        with torch.no_grad():
+            for (_, p), old in zip(target, saved):
+                p.copy_(old)
 
 
 def summarize(rows: list[dict]):
@@ -135,11 +164,11 @@ def write_results(rows: list[dict], out: str | Path, meta: dict) -> Path:
         {**meta, "rows": rows, "mean": mean.to_dict(), "std": std.to_dict()}, indent=2,
         default=lambda v: None if isinstance(v, float) and v != v else v))
     write_page(out / "alignment.html", f"ICL vs GD alignment: {meta.get('model')}",
-               _layer_figures(rows))
+               layer_figures(rows))
     return out
 
 
-def _layer_figures(rows: list[dict]) -> list:
+def layer_figures(rows: list[dict]) -> list:
     import plotly.graph_objects as go
 
     figures = []

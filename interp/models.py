@@ -19,10 +19,15 @@ from typing import Any
 
 import torch
 
-from interp.errors import MissingDependencyError, ModelSpecError
+from interp.errors import ConfigError, MissingDependencyError, ModelSpecError
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
+
+
+def plain_name(name: str) -> str:
+    """A parameter name as the HF model had it before a TransformerBridge wrapped its modules."""
+    return name.replace("_original_component.", "")
 
 
 @dataclass(frozen=True)
@@ -150,6 +155,15 @@ class LoadedModel:
             )
             self._bridge.eval()
         return self._bridge
+
+    def copy(self) -> "LoadedModel":
+        """An independent copy of the weights, without a bridge (cheaper than reloading)."""
+        import copy
+
+        if self.has_bridge:
+            raise ConfigError("copy the model before its TransformerBridge is built")
+        return LoadedModel(hf=copy.deepcopy(self.hf), tokenizer=self.tokenizer, spec=self.spec,
+                           device=self.device, dtype=self.dtype, source_dir=self.source_dir)
 
     def describe(self) -> dict:
         return {"spec": self.spec, "n_layers": self.n_layers, "n_heads": self.n_heads,

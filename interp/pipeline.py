@@ -351,6 +351,24 @@ def attention_views(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]
     return views
 
 
+def icl_heads_stage(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]) -> dict:
+    """Function-vector ICL heads of the base model, how many of them each circuit uses, and the
+    function vector's zero-shot injection accuracy (closed-answer tasks only)."""
+    from interp.analysis.icl_heads import circuit_usage, find_icl_heads, function_vector, inject
+    from interp.tasks import get_task
+
+    if not get_task(config.task).choices:
+        return {"skipped": f"{config.task} has open answers; ICL heads need a closed answer set"}
+    model = _load(config, config.model)
+    heads = find_icl_heads(model, config.task, n=config.n_pairs, shots=max(2, config.shots),
+                           seed=config.seed)
+    k = max(config.ks)
+    return {**heads.to_dict(k), **circuit_usage(heads, maps, k),
+            "aie": heads.aie.tolist(),
+            "injection": inject(model, config.task, function_vector(model, heads, k),
+                                n=config.n_eval, seed=config.seed)}
+
+
 def verdict(comparison: dict) -> str:
     p, ci, floor = comparison["point"], comparison["ci95"], comparison["noise_floor"]
     s_icl, s_ft = p["icl"]["shift"], p["ft"]["shift"]
@@ -384,6 +402,7 @@ def run_shift(config: ShiftConfig) -> dict:
     cached = json.loads(results_path.read_text()) if results_path.is_file() else {}
     faith = cached.get("faithfulness") or faithfulness(config, ft_spec, maps)
     lens = cached.get("logit_lens") or logit_lens(config, ft_spec)
+    icl_heads = cached.get("icl_heads") or icl_heads_stage(config, ft_spec, maps)
     views_path = out / "attention_views.json"
     if views_path.is_file():
         views = json.loads(views_path.read_text())
@@ -391,7 +410,7 @@ def run_shift(config: ShiftConfig) -> dict:
         views = attention_views(config, ft_spec, maps)
         views_path.write_text(json.dumps(views))
     results = {"config": dataclasses.asdict(config), "ft_model": ft_spec, "accuracy": accuracy,
-               **comparison, "faithfulness": faith, "logit_lens": lens,
+               **comparison, "faithfulness": faith, "logit_lens": lens, "icl_heads": icl_heads,
                "verdict": verdict(comparison),
                "maps": {c: {"heads": m.heads.tolist(), "mlp": m.mlp.tolist()}
                         for c, m in maps.items()}}

@@ -70,3 +70,60 @@ def test_recording_and_comparison_on_a_model():
         assert same[name] == pytest.approx(1.0, abs=1e-5), name
     assert len(same["per_layer"]["SimAOU"]) == model.n_layers
     assert -1.0 <= same["Kendall"] <= 1.0
+
+
+def test_batched_recording_equals_full_prompt_forwards():
+    """Queries run in length groups behind a shared demonstration cache; each must record what a
+    plain forward of its own whole prompt (demonstrations + query) gives."""
+    from interp.engine import encode
+    from interp.models import load_model
+    from interp.prompts import build_prompt, demo_pool, sample_demos
+    from interp.tasks import generate
+
+    model = load_model("tiny-random-llama")
+    tok = model.tokenizer
+    queries = generate("boolean", 6, seed=3)
+    demos = sample_demos(demo_pool("boolean", 16), 3)
+    prefix = encode(tok, build_prompt(queries[0], demos).prefix, first=True)
+    q_ids = [encode(tok, q.input, first=False) for q in queries]
+    assert len({len(x) for x in q_ids}) > 1 and len(q_ids) > len({len(x) for x in q_ids})
+    rec = record(model, queries, demos)
+    L, n0 = model.n_layers, rec.demo_span[0]
+    for i, q in enumerate(queries):
+        ids = torch.tensor([prefix + q_ids[i]])
+        logits, cache = model.bridge.run_with_cache(ids)
+        n = len(q_ids[i])
+        aou = torch.stack([cache[f"blocks.{l}.hook_attn_out"][0, -1] for l in range(L)])
+        am = torch.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, -1, -n:]
+                          for l in range(L)])
+        att = torch.stack([cache[f"blocks.{l}.attn.hook_pattern"][0, :, -1, n0:len(prefix)]
+                           .sum(0) for l in range(L)])
+        torch.testing.assert_close(rec.aou[i], aou, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec.am[i], am, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rec.demo_attention[i], att, atol=1e-5, rtol=1e-4)
+        choice_ids = [tok(" " + c, add_special_tokens=False).input_ids[-1] for c in q.choices]
+        probs = torch.softmax(logits[0, -1, choice_ids], -1)
+        assert rec.gold[i].item() == pytest.approx(probs[q.choices.index(q.target)].item(),
+                                                   abs=1e-5)
+    qs = torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, n0:len(prefix)] for l in range(L)])
+    torch.testing.assert_close(rec.demo_queries, qs.permute(0, 2, 1, 3), atol=1e-5, rtol=1e-4)
+
+
+def test_swapped_weights_record_like_a_freshly_bridged_fine_tuned_model():
+    from interp.align import swapped_kv
+    from interp.finetune import train_gd
+    from interp.models import load_model
+    from interp.tasks import generate
+
+    template = load_model("tiny-random-llama")
+    queries = generate("boolean", 4, seed=0)
+    ft = template.copy()
+    train_gd(ft, generate("boolean", 3, seed=1, split="demo"), "gd-kv", lr=0.05, progress=False)
+    base = template.copy()
+    before = record(base, queries)
+    with swapped_kv(base, ft):
+        swapped = record(base, queries)
+    fresh = record(ft, queries)
+    torch.testing.assert_close(swapped.aou, fresh.aou)
+    assert not torch.allclose(swapped.aou, before.aou)
+    torch.testing.assert_close(record(base, queries).aou, before.aou)  # restored afterwards

@@ -109,6 +109,35 @@ def test_layer_causal_gd_shields_shallow_layers_from_deeper_ones():
     assert (before["gd-kv"] - after["gd-kv"]).abs().max() > 1e-6
 
 
+def test_layer_causal_loss_matches_per_layer_early_exit_reference():
+    """Value: the sum over layers of each layer output's next-token loss through the final norm
+    and unembedding. Gradient of layer l's key weights: that of layer l's own loss alone (deeper
+    losses must not reach it), computed here from an ordinary forward with hooks."""
+    import torch.nn.functional as F
+
+    model = load_model(TINY)
+    hf = model.hf
+    ids = torch.tensor([model.tokenizer("True and False or True = True").input_ids])
+    keys = [layer.self_attn.k_proj.weight for layer in hf.model.layers]
+    for w in keys:
+        w.requires_grad_(True)
+    outs = []
+    handles = [layer.register_forward_hook(lambda m, i, o: outs.append(o[0] if isinstance(
+        o, tuple) else o)) for layer in hf.model.layers]
+    hf(input_ids=ids)
+    for h in handles:
+        h.remove()
+    per_layer = [F.cross_entropy(hf.lm_head(hf.model.norm(o))[0, :-1], ids[0, 1:]) for o in outs]
+    ref_grads = [torch.autograd.grad(loss, w, retain_graph=True)[0]
+                 for loss, w in zip(per_layer, keys)]
+    ours = layer_causal_loss(hf, ids)
+    assert ours.item() == pytest.approx(sum(l.item() for l in per_layer), rel=1e-5)
+    grads = torch.autograd.grad(ours, keys)
+    for ref, got in zip(ref_grads, grads):
+        assert ref.abs().max() > 0
+        torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["gd-kv", "lcgd"])
 def test_gd_baselines_update_only_keys_and_values(tmp_path, method):
     model = load_model(TINY)

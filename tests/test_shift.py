@@ -72,6 +72,11 @@ def test_quick_shift_run_writes_every_stage(quick_run):
     assert set(results["faithfulness"]) >= {"base-icl", "icl-circuit@ft-zs"}
     assert len(results["per_layer_shift"]["icl"]) == 3
     assert set(results["logit_lens"]) == set(CONDITIONS)
+    heads = results["icl_heads"]
+    assert len(heads["top"]) == heads["k"] == max(config.ks)
+    assert set(heads["conditions"]) == set(CONDITIONS)
+    assert 0 <= heads["conditions"]["ft-zs"]["count"] <= heads["k"]
+    assert 0 <= heads["injection"]["with_function_vector"] <= 1
     saved = json.loads((out / "results.json").read_text())
     assert saved["verdict"] == results["verdict"] and "shift(ICL)" in saved["verdict"]
 
@@ -112,6 +117,7 @@ def test_report_renders_in_headless_chromium(quick_run):
                   plotDivs: document.querySelectorAll('.plotly-graph-div').length,
                   views: [...document.querySelectorAll('.cv-view')].map(
                       v => v.children.length ? box(v) : [0, 0]),
+                  iclHeads: (document.getElementById('icl-heads') || {}).textContent || '',
                 };""")
             ready = sizes["plots"] and len(sizes["plots"]) == sizes["plotDivs"] and all(
                 w > 0 and h > 0 for w, h in sizes["views"]) and sizes["views"]
@@ -124,6 +130,7 @@ def test_report_renders_in_headless_chromium(quick_run):
     finally:
         driver.quit()
     assert not errors, errors
-    assert len(sizes["plots"]) >= 8 and all(w > 100 and h > 100 for w, h in sizes["plots"])
+    assert "ft-zs:" in sizes["iclHeads"]   # the ICL-heads panel: heads the FT circuit uses
+    assert len(sizes["plots"]) >= 9 and all(w > 100 and h > 100 for w, h in sizes["plots"])
     assert len(sizes["views"]) == 3 and all(w > 0 and h > 0 for w, h in sizes["views"])
     assert (ARTIFACTS / "shift_report.png").stat().st_size > 10_000

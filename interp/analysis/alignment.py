@@ -97,57 +97,88 @@ class Recording:
     demo_span: tuple[int, int] | None = None
 
 
-def _hooks(L: int) -> list[str]:
-    return ([f"blocks.{l}.hook_attn_out" for l in range(L)] +
-            [f"blocks.{l}.attn.hook_attn_scores" for l in range(L)] +
-            [f"blocks.{l}.attn.hook_pattern" for l in range(L)] +
-            [f"blocks.{l}.attn.hook_q" for l in range(L)])
+def _capture(store: dict, names: Sequence[str], keep) -> list[tuple]:
+    """Forward hooks that store ``keep(name, act)`` under each hook's (alias) name."""
+    def hook(name):
+        def save(act, hook=None):
+            store[name] = keep(name, act)
+        return (name, save)
+    return [hook(name) for name in names]
+
+
+_RECORDED = ("hook_attn_out", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_q")
 
 
 @torch.no_grad()
 def record(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Example] = (),
            header: bool = True) -> Recording:
-    """Run each query (after the demonstrations, if any) and keep what the metrics need."""
+    """Run the queries (after the demonstrations, if any) and keep what the metrics need.
+
+    Queries of equal token length run as one batch; the demonstrations run once and reach every
+    batch through a copy of their KV cache, so no padding ever enters a forward.
+    """
+    from interp.analysis.patching import LAST_ONLY, length_groups
+
     if not queries or not queries[0].choices:
         raise ConfigError("alignment metrics need tasks with a closed answer set (choices)")
     bridge, tok = model.bridge, model.tokenizer
     L = model.n_layers
-    names = set(_hooks(L))
     prefix = build_prompt(queries[0], demos, header).prefix
     prefix_ids = encode(tok, prefix, first=True)
     choice_ids = [_first_token(tok, answer_sep(queries[0].task) + c) for c in queries[0].choices]
-    past = None
-    demo_queries, demo_span = None, None
+    past, demo_queries, demo_span = None, None, None
     if prefix_ids:
         ids = torch.tensor([prefix_ids], device=model.device)
-        _, past = bridge(ids, return_type="logits_and_cache")
+        span = (len(encode(tok, build_prompt(queries[0], (), header).prefix, True)),
+                len(prefix_ids))
+        store: dict = {}
+        hooks = _capture(store, [f"blocks.{l}.attn.hook_q" for l in range(L)] if demos else [],
+                         lambda _, a: a[0, slice(*span)].cpu())
+        _, past = bridge.run_with_hooks(ids, return_type="logits_and_cache",
+                                        fwd_hooks=hooks + [LAST_ONLY])
         if demos:
-            header_len = len(encode(tok, build_prompt(queries[0], (), header).prefix, True))
-            demo_span = (header_len, len(prefix_ids))
-            _, cache = bridge.run_with_cache(ids, names_filter=lambda n: n.endswith("hook_q"))
-            demo_queries = torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, slice(*demo_span)]
-                                        for l in range(L)]).permute(0, 2, 1, 3).cpu()
-    aou, am, gold, last_q, demo_att = [], [], [], [], []
-    for q in queries:
-        q_ids = encode(tok, q.input, first=not prefix_ids)
+            demo_span = span
+            demo_queries = torch.stack([store[f"blocks.{l}.attn.hook_q"]
+                                        for l in range(L)]).permute(0, 2, 1, 3)
+    q_ids = [encode(tok, q.input, first=not prefix_ids) for q in queries]
+    n = len(queries)
+    aou = torch.zeros(n, L, model.d_model)
+    am: list = [None] * n
+    last_q: list = [None] * n
+    demo_att: list = [None] * n
+    gold = torch.zeros(n)
+    groups = length_groups([{"clean": torch.tensor(x)} for x in q_ids])
+    for n_q, idx in groups.items():
+        B = len(idx)
+        store = {}
+
+        def keep(name, act, n_q=n_q):
+            if name.endswith("hook_attn_scores"):
+                return act[:, :, -1, -n_q:].cpu()
+            if name.endswith("hook_pattern"):
+                return act[:, :, -1, slice(*demo_span)].sum(1).cpu()
+            return act[:, -1].cpu()
+
+        wanted = [r for r in _RECORDED if demo_span is not None or r != "attn.hook_pattern"]
+        hooks = _capture(store, [f"blocks.{l}.{r}" for r in wanted for l in range(L)], keep)
         kwargs = {}
         if past is not None:
             kwargs["past_key_values"] = copy.deepcopy(past)
-        logits, cache = bridge.run_with_cache(torch.tensor([q_ids], device=model.device),
-                                              names_filter=lambda n: n in names, **kwargs)
-        n_q = len(q_ids)
-        aou.append(torch.stack([cache[f"blocks.{l}.hook_attn_out"][0, -1] for l in range(L)]))
-        am.append(torch.stack([cache[f"blocks.{l}.attn.hook_attn_scores"][0, :, -1, -n_q:]
-                               for l in range(L)]).cpu())
-        last_q.append(torch.stack([cache[f"blocks.{l}.attn.hook_q"][0, -1] for l in range(L)]))
-        if demo_span is not None:
-            demo_att.append(torch.stack([
-                cache[f"blocks.{l}.attn.hook_pattern"][0, :, -1, slice(*demo_span)].sum(0)
-                for l in range(L)]).cpu())
-        probs = torch.softmax(logits[0, -1, choice_ids].float(), -1)
-        gold.append(probs[q.choices.index(q.target)].item())
-    return Recording(torch.stack(aou).cpu(), am, torch.tensor(gold), [x.cpu() for x in last_q],
-                     demo_att or None, demo_queries, demo_span)
+            kwargs["past_key_values"].batch_repeat_interleave(B)
+        batch = torch.tensor([q_ids[i] for i in idx], device=model.device)
+        logits = bridge.run_with_hooks(batch, fwd_hooks=hooks + [LAST_ONLY], **kwargs)
+        probs = torch.softmax(logits[:, -1, choice_ids].float(), -1).cpu()
+        layers = {r: torch.stack([store[f"blocks.{l}.{r}"] for l in range(L)], 1)
+                  for r in wanted}  # [B, layer, ...]
+        for row, i in enumerate(idx):
+            aou[i] = layers["hook_attn_out"][row]
+            am[i] = layers["attn.hook_attn_scores"][row]
+            last_q[i] = layers["attn.hook_q"][row]
+            if demo_span is not None:
+                demo_att[i] = layers["attn.hook_pattern"][row]
+            gold[i] = probs[row, queries[i].choices.index(queries[i].target)]
+    return Recording(aou, am, gold, last_q, demo_att if demo_span else None, demo_queries,
+                     demo_span)
 
 
 def _first_token(tok, text: str) -> int:

@@ -166,7 +166,7 @@ class _SuffixRunner:
             return self._from_layer(c, hooks, first_layer)
         suffix = self.target[:, self.start:].repeat_interleave(c, dim=0)
         if self.fast:
-            hooks = hooks + [("ln_final.hook_in", _last_position)]
+            hooks = hooks + [LAST_ONLY]
         if self.past is None:
             return self.model.bridge.run_with_hooks(suffix, fwd_hooks=hooks)
         past = copy.deepcopy(self.past)
@@ -197,6 +197,10 @@ class _SuffixRunner:
 
 def _last_position(act, hook=None):
     return act[:, -1:]
+
+
+# a hook that makes the bridge unembed only the last position
+LAST_ONLY = ("ln_final.hook_in", _last_position)
 
 
 def _cache(model: LoadedModel, tokens: torch.Tensor, component: str) -> dict[str, torch.Tensor]:

@@ -32,6 +32,26 @@ def attention_view(element_id: str, tokens: list[str], attention, labels: list[s
             f'{props});</script>')
 
 
+def views_html(views: dict, prefix: str = "cv") -> str:
+    """One heading and one circuitsvis attention view per condition (needs the bundle loaded)."""
+    parts = []
+    for i, (cond, view) in enumerate(views.items()):
+        parts.append(f"<h3>{html.escape(cond)}</h3>")
+        parts.append(attention_view(f"{prefix}-{i}", view["tokens"], view["attention"],
+                                    view["heads"]))
+    return "\n".join(parts)
+
+
+def show_views(views: dict):
+    """The attention views as one notebook output, the circuitsvis bundle inlined (offline)."""
+    from uuid import uuid4
+
+    from IPython.display import HTML
+
+    return HTML(f"<script>{circuitsvis_bundle()}</script>" +
+                views_html(views, prefix=f"cv-{uuid4().hex[:8]}"))
+
+
 def _figures(results: dict, maps: dict[str, ScoreMap]) -> list[tuple[str, object]]:
     import plotly.graph_objects as go
 
@@ -100,6 +120,41 @@ def _shift_table(results: dict) -> str:
             f"(small = more overlap than chance): {pvals}.</p>")
 
 
+def _icl_heads_panel(info: dict | None) -> tuple[str, object | None]:
+    """The ICL-heads section (HTML) and the AIE heatmap figure (or None)."""
+    if not info:
+        return "", None
+    if "skipped" in info:
+        return (f"<h2>ICL heads</h2><p class='note' id='icl-heads'>{html.escape(info['skipped'])}"
+                "</p>"), None
+    from interp.plots import heatmap
+
+    k, usage = info["k"], info["conditions"]
+    counts = ", ".join(f"{c}: {u['count']}/{k}" for c, u in usage.items())
+    member = {c: set(u["shared"]) for c, u in usage.items()}
+    rows = "".join(
+        f"<tr><td>{r['head']}</td><td>{r['aie']:.4f}</td>" + "".join(
+            f"<td>{'yes' if r['head'] in member[c] else ''}</td>" for c in usage) + "</tr>"
+        for r in info["top"])
+    inj = info.get("injection") or {}
+    parts = [
+        "<h2>ICL heads (function vectors)</h2>",
+        f"<p id='icl-heads'>Top-{k} heads of the base model by average indirect effect: each "
+        f"head's mean last-token output over clean {info['shots']}-shot prompts patched into "
+        f"prompts with shuffled demonstration labels (P(correct) clean "
+        f"{info['clean_prob']:.3f}, shuffled {info['shuffled_prob']:.3f}, n = {info['n']}). "
+        f"<b>How many of them each circuit's top-{k} heads contain: {counts}.</b></p>",
+        "<table class='acc'><tr><th>head</th><th>AIE</th>" +
+        "".join(f"<th>in {c} circuit</th>" for c in usage) + "</tr>" + rows + "</table>"]
+    if inj:
+        parts.append(f"<p>Function vector (sum of the top-{k} heads' outputs) added at layer "
+                     f"{inj['layer']} of zero-shot prompts: accuracy {inj['zero_shot']:.3f} -> "
+                     f"{inj['with_function_vector']:.3f} (n = {inj['n']}).</p>")
+    fig = heatmap(torch.tensor(info["aie"]), "Average indirect effect per head (ICL heads)",
+                  "head", hover="AIE")
+    return "\n".join(parts), fig
+
+
 def write_report(out: Path, results: dict, config, ft_spec: str, maps: dict[str, ScoreMap]):
     views = results.get("attention_views") or {}
     figs = _figures(results, maps)
@@ -122,13 +177,15 @@ def write_report(out: Path, results: dict, config, ft_spec: str, maps: dict[str,
     for i, (title, fig) in enumerate(figs):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
+    panel, aie_fig = _icl_heads_panel(results.get("icl_heads"))
+    if panel:
+        parts.append(panel)
+    if aie_fig is not None:
+        parts.append(aie_fig.to_html(full_html=False, include_plotlyjs=not figs))
     if views:
         parts.append("<h2>Attention of the top heads on an example prompt</h2><p class='note'>"
                      "Last tokens of the prompt; heads chosen from the ICL and FT circuits.</p>")
-        for i, (cond, view) in enumerate(views.items()):
-            parts.append(f"<h3>{cond}</h3>")
-            parts.append(attention_view(f"cv-{i}", view["tokens"], view["attention"],
-                                        view["heads"]))
+        parts.append(views_html(views))
     parts.append("</body></html>")
     path = out / "report.html"
     path.write_text("\n".join(parts), encoding="utf-8")
