@@ -97,11 +97,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--knob", action="append", metavar="KEY=VALUE")
     ev.add_argument("--out", default="runs/eval", help="output directory")
 
-    from interp.commands import align, finetune, patch, shift
+    from interp.commands import align, finetune, patch, shift, sweep
     shift.add_parser(sub, _model_args)
     patch.add_parser(sub, _model_args)
     align.add_parser(sub, _model_args)
     finetune.add_parser(sub, _model_args, _int_list)
+    sweep.add_parser(sub)
 
     for name, text in PLANNED.items():
         p = sub.add_parser(name, help=f"{text} (not in this release)")
@@ -176,18 +177,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_data(args)
         if args.command == "eval":
             return cmd_eval(args)
-        if args.command == "patch":
-            from interp.commands import patch
-            return patch.run(args)
-        if args.command == "shift":
-            from interp.commands import shift
-            return shift.run(args)
-        if args.command == "align":
-            from interp.commands import align
-            return align.run(args)
-        if args.command == "finetune":
-            from interp.commands import finetune
-            return finetune.run(args)
+        if args.command in ("patch", "shift", "align", "finetune", "sweep"):
+            from importlib import import_module
+            return import_module(f"interp.commands.{args.command}").run(args)
         raise InterpError(f"`interp {args.command}` is not available in this release yet")
     except InterpError as exc:
         print(f"interp: error: {exc}", file=sys.stderr)

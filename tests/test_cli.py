@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from interp.cli import main
 
@@ -41,6 +42,11 @@ def test_help_and_version():
     (["finetune", "--model", "tiny-random-llama", "--method", "lcgd", "--task",
       "boolean,parity"], "one task"),
     (["finetune", "--model", "tiny-random-llama", "--batch-size", "0"], "batch_size"),
+    (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--source-model",
+      "tiny-random-llama", "--method", "attribution"], "activation patching"),
+    (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--source-model",
+      "no/such-model"], "cannot load model"),
+    (["sweep", "missing.yaml"], "sweep config not found"),
     (["align", "--model", "tiny-random-llama", "--task", "expression"], "closed answer set"),
     (["align", "--model", "tiny-random-llama", "--task", "boolean", "--method", "adam"],
      "unknown method"),
@@ -152,3 +158,31 @@ def test_align_writes_table_with_methods_and_baselines(tmp_path, capsys):
     assert (out / "alignment.html").stat().st_size > 100_000
     printed = capsys.readouterr().out
     assert "SimAOU_norm" in printed and "lcgd" in printed
+
+
+def test_cross_model_patch_command(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from interp.analysis.cross_model import cross_model_patch
+    from interp.analysis.pairs import task_pairs, tokenize_pairs
+    from interp.finetune import train_gd
+    from interp.models import load_model
+    from interp.tasks import generate
+
+    ft = load_model("tiny-random-llama")
+    train_gd(ft, generate("boolean", 4, seed=2, split="demo"), "gd-kv", lr=0.05,
+             out=tmp_path / "ft", progress=False)
+    out = tmp_path / "cross"
+    assert main(["--quiet", "patch", "--model", "tiny-random-llama", "--source-model",
+                 str(tmp_path / "ft"), "--task", "boolean", "--n", "3", "--n-boot", "20",
+                 "--out", str(out)]) == 0
+    scores = load_file(out / "scores.safetensors")
+    assert {"source_into_model/heads", "model_into_source/heads_normalized"} <= set(scores)
+    base, source = load_model("tiny-random-llama"), load_model(str(tmp_path / "ft"))
+    tokens = tokenize_pairs(base, task_pairs("boolean", 3, tokenizer=base.tokenizer))
+    ref = cross_model_patch(base, source, tokens, "heads")
+    assert torch.allclose(scores["source_into_model/heads_per_pair"], ref.scores, atol=1e-5)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["source"] == str(tmp_path / "ft") and (out / "patching.html").is_file()

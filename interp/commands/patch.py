@@ -27,8 +27,12 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--no-header", action="store_true", help="no instruction header")
     p.add_argument("--component", default="heads",
                    help=f"comma list of {', '.join(COMPONENT_CHOICES)} (default heads)")
-    p.add_argument("--method", default="attribution", choices=("activation", "attribution"),
-                   help="exact activation patching or its first-order estimate (default)")
+    p.add_argument("--method", default=None, choices=("activation", "attribution"),
+                   help="exact activation patching or its first-order estimate (default "
+                        "attribution; activation with --source-model)")
+    p.add_argument("--source-model", default=None, metavar="SPEC",
+                   help="cross-model patching: this model's activations (e.g. a fine-tuned "
+                        "directory) patched into --model on the clean prompts, and back")
     p.add_argument("--direction", default="denoise", choices=("denoise", "noise"))
     p.add_argument("--metric", default="logit_diff", choices=("logit_diff", "logprob"))
     p.add_argument("--dla", action="store_true", help="also direct logit attribution per head")
@@ -82,6 +86,12 @@ def run(args) -> int:
     from interp.plots import heatmap, write_page
 
     components = _components(args.component)
+    if args.source_model:
+        if args.method == "attribution":
+            raise ConfigError("--source-model runs activation patching; drop --method attribution")
+        if args.dla or args.ablate:
+            raise ConfigError("--dla and --ablate do not apply to cross-model patching")
+    args.method = args.method or ("activation" if args.source_model else "attribution")
     modes = [m.strip() for m in args.ablate.split(",") if m.strip()]
     if set(modes) - {"zero", "mean"}:
         raise ConfigError(f"--ablate takes zero and/or mean, got {args.ablate!r}")
@@ -107,6 +117,8 @@ def run(args) -> int:
 
     tensors, summary, figures = {}, {}, []
     L, H = model.n_layers, model.n_heads
+    if args.source_model:
+        return _cross_model(args, model, tokens, components, metric_for, out)
     for component in components:
         start = time.perf_counter()
         result = patch_pairs(model, tokens, component, args.method, args.direction,
@@ -159,3 +171,48 @@ def run(args) -> int:
     print(f"results in {out}/ (scores.safetensors, summary.json, {page.name})")
     return 0
 
+
+
+def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
+    """``--source-model``: source activations into --model ("source->model") and back."""
+    from safetensors.torch import save_file
+
+    from interp.analysis.cross_model import cross_model_patch
+    from interp.models import load_model
+    from interp.plots import heatmap, write_page
+
+    source = load_model(args.source_model, device=args.device, dtype=args.dtype)
+    tensors, summary, figures = {}, {"source": source.spec, "target": model.spec}, []
+    for name, into, frm in (("source_into_model", model, source),
+                            ("model_into_source", source, model)):
+        for component in components:
+            start = time.perf_counter()
+            result = cross_model_patch(into, frm, tokens, component, metric_for, args.chunk,
+                                       progress=not args.quiet)
+            tensors.update({f"{name}/{k}": v for k, v in
+                            result.tensors(n_boot=args.n_boot, seed=args.seed).items()})
+            summary[f"{name}/{component}"] = {
+                "seconds": round(time.perf_counter() - start, 2), "positions": result.positions,
+                "top_normalized": result.top(10),
+                "metric": {"patched_into": float(result.corrupt.mean()),
+                           "patched_from": float(result.clean.mean())}}
+            values = result.normalized if component != "heads_pos" else result.normalized.mean(1)
+            figures.append(heatmap(
+                values, f"{frm.spec} -> {into.spec}: {component} (1 = behaves like {frm.spec})",
+                "head" if component == "heads" else "position",
+                x_labels=result.positions if component != "heads" else None,
+                hover="normalised effect"))
+    save_file({k: v.contiguous().float() for k, v in tensors.items()}, out / "scores.safetensors")
+    summary.update({"n_pairs": len(tokens), "task": args.task, "shots": args.shots,
+                    "metric": args.metric, "keys": sorted(tensors)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    page = write_page(out / "patching.html", f"Cross-model patching: {source.spec} <-> "
+                      f"{model.spec}", figures)
+    for key, info in summary.items():
+        if isinstance(info, dict) and "top_normalized" in info:
+            top = ", ".join(f"{tuple(r['index'])}: {r['value']:.3f}"
+                            for r in info["top_normalized"][:5])
+            print(f"{key} ({info['seconds']} s; metric {info['metric']['patched_into']:.3f} -> "
+                  f"{info['metric']['patched_from']:.3f}): {top}")
+    print(f"results in {out}/ (scores.safetensors, summary.json, {page.name})")
+    return 0
