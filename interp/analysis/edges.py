@@ -1,0 +1,233 @@
+"""Edge attribution patching (EAP) between heads and MLPs, on grouped-query attention too.
+
+A forward of a Llama-style decoder in which every *receiver* gets its own copy of the residual
+stream it reads: each query head's query, key and value inputs (key/value groups expanded per
+query head, so an edge into head h's keys is separate from one into the other heads of its
+group), each MLP's input and the unembedding's input. A zero tensor added to each copy leaves
+the forward unchanged, and its gradient is the gradient with respect to that receiver's input.
+
+Senders are the embeddings, every head's write into the residual stream (``z_h`` through its
+slice of the output projection) and every MLP's output. The score of edge u -> v is
+``(a_u(clean) - a_u(corrupt)) . d metric / d input_v`` at the corrupt run, summed over
+positions: the first-order estimate of patching that single edge (denoising, as
+``transformer_lens.patching``'s convention). :func:`patch_edges` runs the exact patch of any set
+of edges, for checks and for :func:`edge_faithfulness`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from interp.errors import ConfigError
+from interp.models import LoadedModel
+
+SUPPORTED = {"llama", "qwen2", "mistral"}
+KINDS = ("q", "k", "v")
+
+
+def _check(model: LoadedModel) -> None:
+    kind = model.hf.config.model_type
+    if kind not in SUPPORTED:
+        raise ConfigError(f"edge attribution runs on {', '.join(sorted(SUPPORTED))} decoders, "
+                          f"not {kind!r}")
+
+
+def _weights(module, name: str):
+    """A projection's weight and bias, whether or not a TransformerBridge wraps the module."""
+    proj = getattr(module, name)
+    proj = getattr(proj, "original_component", proj)
+    return proj.weight, proj.bias
+
+
+def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = None):
+    """Logits ``[B, T, V]`` and the senders' outputs: ``embed [B, T, d]``, ``heads [L, B, T, H,
+    d]``, ``mlp [L, B, T, d]``. ``deltas`` (optional) are added to the receivers' inputs:
+    ``q``, ``k``, ``v`` ``[L, B, T, H, d]``, ``mlp [L, B, T, d]``, ``out [B, T, d]``."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    _check(model)
+    hf, cfg = model.hf, model.hf.config
+    inner = hf.model
+    inner = getattr(inner, "original_component", inner)
+    H, G, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
+    group = torch.arange(H, device=ids.device) // (H // G)     # query head -> its KV group
+    B, T = ids.shape
+    x = inner.embed_tokens(ids)
+    senders = {"embed": x, "heads": [], "mlp": []}
+    positions = torch.arange(T, device=ids.device)[None]
+    cos, sin = inner.rotary_emb(x, position_ids=positions)
+    mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
+    for l, layer in enumerate(inner.layers):
+        layer = getattr(layer, "original_component", layer)
+        attn = getattr(layer.self_attn, "original_component", layer.self_attn)
+        per_head = {}
+        for kind in KINDS:
+            xin = x[:, :, None, :].expand(B, T, H, d)
+            if deltas is not None and kind in deltas:
+                xin = xin + deltas[kind][l]
+            normed = layer.input_layernorm(xin)
+            w, b = _weights(attn, f"{kind}_proj")
+            n_out = H if kind == "q" else G
+            w = w.view(n_out, dh, d)
+            b = b.view(n_out, dh) if b is not None else None
+            if kind != "q":                                   # expand KV groups per query head
+                w, b = w[group], (b[group] if b is not None else None)
+            out = torch.einsum("bthd,hed->bhte", normed, w)
+            per_head[kind] = out + b[None, :, None] if b is not None else out
+        q, k = apply_rotary_pos_emb(per_head["q"], per_head["k"], cos, sin)
+        scores = q @ k.transpose(-1, -2) * attn.scaling + mask
+        pattern = torch.softmax(scores.float(), -1).to(q.dtype)
+        z = pattern @ per_head["v"]                             # [B, H, T, dh]
+        wo, bo = _weights(attn, "o_proj")
+        writes = torch.einsum("bhte,dhe->bthd", z, wo.view(d, H, dh))   # [B, T, H, d]
+        senders["heads"].append(writes)
+        x = x + writes.sum(2) + (bo if bo is not None else 0)
+        xin = x + deltas["mlp"][l] if deltas is not None and "mlp" in deltas else x
+        mlp_out = layer.mlp(layer.post_attention_layernorm(xin))
+        senders["mlp"].append(mlp_out)
+        x = x + mlp_out
+    xin = x + deltas["out"] if deltas is not None and "out" in deltas else x
+    logits = hf.lm_head(inner.norm(xin))
+    senders["heads"] = torch.stack(senders["heads"])
+    senders["mlp"] = torch.stack(senders["mlp"])
+    return logits, senders
+
+
+@dataclass
+class EdgeScores:
+    """Per pair, edges by receiver: ``heads [L, H, 3 (q, k, v), S, B]``, ``mlp [L, S, B]``,
+    ``logits [S, B]`` over senders ``S = 1 + L * H + L`` (embeddings, heads layer-major, MLPs).
+    Edges whose sender is not upstream of the receiver are 0 (``valid`` masks them)."""
+
+    heads: torch.Tensor
+    mlp: torch.Tensor
+    logits: torch.Tensor
+    n_layers: int
+    n_heads: int
+
+    def sender_names(self) -> list[str]:
+        L, H = self.n_layers, self.n_heads
+        return (["embed"] + [f"L{l}H{h}" for l in range(L) for h in range(H)] +
+                [f"L{l}MLP" for l in range(L)])
+
+    def sender_layer(self) -> torch.Tensor:
+        """Layer each sender writes in (embeddings -1); MLPs write after their layer's heads."""
+        L, H = self.n_layers, self.n_heads
+        return torch.tensor([-1.0] + [l for l in range(L) for _ in range(H)] +
+                            [l + 0.5 for l in range(L)])
+
+    def valid(self) -> dict[str, torch.Tensor]:
+        src = self.sender_layer()
+        L = self.n_layers
+        layers = torch.arange(L, dtype=torch.float)
+        return {"heads": (src[None, :] < layers[:, None]),            # [L, S] (per head/kind)
+                "mlp": (src[None, :] < layers[:, None] + 0.5),
+                "logits": torch.ones(len(src), dtype=torch.bool)}
+
+    def ranked(self, k: int | None = None) -> list[dict]:
+        """Edges by |mean score| over pairs, largest first."""
+        names = self.sender_names()
+        valid = self.valid()
+        rows = []
+        mean_h = self.heads.mean(-1)
+        for l in range(self.n_layers):
+            for h in range(self.n_heads):
+                for j, kind in enumerate(KINDS):
+                    for s in valid["heads"][l].nonzero().flatten().tolist():
+                        rows.append((float(mean_h[l, h, j, s]), names[s], f"L{l}H{h}.{kind}",
+                                     ("heads", l, h, j, s)))
+            for s in valid["mlp"][l].nonzero().flatten().tolist():
+                rows.append((float(self.mlp[l, s].mean()), names[s], f"L{l}MLP",
+                             ("mlp", l, s)))
+        for s in range(len(names)):
+            rows.append((float(self.logits[s].mean()), names[s], "logits", ("logits", s)))
+        rows.sort(key=lambda r: -abs(r[0]))
+        return [{"sender": a, "receiver": b, "score": v, "index": i}
+                for v, a, b, i in rows[:k]]
+
+
+def _senders_flat(senders: dict) -> torch.Tensor:
+    """``[S, B, T, d]``: embeddings, heads (layer-major), MLPs."""
+    heads = senders["heads"].permute(0, 3, 1, 2, 4).flatten(0, 1)   # [L*H, B, T, d]
+    return torch.cat([senders["embed"][None], heads, senders["mlp"]])
+
+
+def _zero_deltas(model: LoadedModel, B: int, T: int, device) -> dict:
+    L, H, d = model.n_layers, model.n_heads, model.d_model
+    make = lambda *shape: torch.zeros(*shape, device=device, dtype=model.dtype,  # noqa: E731
+                                      requires_grad=True)
+    return {"q": make(L, B, T, H, d), "k": make(L, B, T, H, d), "v": make(L, B, T, H, d),
+            "mlp": make(L, B, T, d), "out": make(B, T, d)}
+
+
+def edge_attribution(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
+                     metric: Callable[[torch.Tensor], torch.Tensor]) -> EdgeScores:
+    """EAP scores of every edge for each pair (``clean``/``corrupt`` ``[B, T]`` of one length):
+    one clean forward, one corrupt forward with receiver copies, one backward."""
+    if clean.shape != corrupt.shape:
+        raise ConfigError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} differ")
+    B, T = corrupt.shape
+    with torch.no_grad():
+        _, clean_s = split_forward(model, clean)
+    deltas = _zero_deltas(model, B, T, corrupt.device)
+    with torch.enable_grad():
+        logits, corrupt_s = split_forward(model, corrupt, deltas)
+        metric(logits).sum().backward()
+    diff = (_senders_flat(clean_s) - _senders_flat(corrupt_s)).detach().float()  # [S, B, T, d]
+    g = {k: v.grad.float() for k, v in deltas.items()}
+    heads = torch.stack([torch.einsum("sbtd,lbthd->lhsb", diff, g[k]) for k in KINDS], 2)
+    mlp = torch.einsum("sbtd,lbtd->lsb", diff, g["mlp"])
+    logits_s = torch.einsum("sbtd,btd->sb", diff, g["out"])
+    scores = EdgeScores(heads, mlp, logits_s, model.n_layers, model.n_heads)
+    valid = scores.valid()
+    scores.heads *= valid["heads"][:, None, None, :, None]
+    scores.mlp *= valid["mlp"][..., None]
+    return scores
+
+
+@torch.no_grad()
+def patch_edges(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
+                metric: Callable[[torch.Tensor], torch.Tensor], edges: Sequence[tuple],
+                scale: float = 1.0) -> torch.Tensor:
+    """Exact patch of a set of edges (``EdgeScores.ranked()[i]["index"]`` tuples): the corrupt
+    run in which each receiver's input gets ``scale * (a_u(clean) - a_u(corrupt))`` of each of
+    its senders u. Returns the metric ``[B]``."""
+    B, T = corrupt.shape
+    _, clean_s = split_forward(model, clean)
+    _, corrupt_s = split_forward(model, corrupt)
+    diff = (_senders_flat(clean_s) - _senders_flat(corrupt_s)) * scale   # [S, B, T, d]
+    deltas = {k: v.detach() for k, v in _zero_deltas(model, B, T, corrupt.device).items()}
+    for edge in edges:
+        if edge[0] == "heads":
+            _, l, h, j, s = edge
+            deltas[KINDS[j]][l, :, :, h] += diff[s]
+        elif edge[0] == "mlp":
+            _, l, s = edge
+            deltas["mlp"][l] += diff[s]
+        else:
+            deltas["out"] += diff[edge[1]]
+    logits, _ = split_forward(model, corrupt, deltas)
+    return metric(logits)
+
+
+def edge_faithfulness(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
+                      metric, scores: EdgeScores, sizes: Sequence[int] = (1, 10, 100, 1000)
+                      ) -> dict:
+    """Share of the clean-corrupt metric gap recovered by patching the top-n edges together."""
+    with torch.no_grad():
+        m_clean = metric(split_forward(model, clean)[0]).float()
+        m_corrupt = metric(split_forward(model, corrupt)[0]).float()
+    ranked = scores.ranked()
+    gap = float((m_clean - m_corrupt).sum())
+    out = {"sizes": [], "recovered": []}
+    for n in sizes:
+        if n > len(ranked):
+            break
+        patched = patch_edges(model, clean, corrupt, metric, [r["index"] for r in ranked[:n]])
+        out["sizes"].append(n)
+        out["recovered"].append(float((patched.float() - m_corrupt).sum()) / gap
+                                if abs(gap) > 1e-9 else float("nan"))
+    return out
