@@ -50,16 +50,20 @@ def _list(value, name: str, kind=str) -> list:
     return value
 
 
+def _known(mapping: dict, allowed: set, where: str) -> None:
+    unknown = set(mapping) - allowed
+    if unknown:
+        raise ConfigError(f"unknown key '{sorted(unknown)[0]}' in {where} "
+                          f"(allowed: {', '.join(sorted(allowed))})")
+
+
 def _section(raw: dict, name: str, keys: set) -> dict | None:
     section = raw.get(name)
     if section is None:
         return None
     if not isinstance(section, dict):
         raise ConfigError(f"'{name}' must be a mapping with keys {', '.join(sorted(keys))}")
-    unknown = set(section) - keys
-    if unknown:
-        raise ConfigError(f"unknown key '{sorted(unknown)[0]}' in '{name}' "
-                          f"(allowed: {', '.join(sorted(keys))})")
+    _known(section, keys, f"'{name}'")
     return dict(section)
 
 
@@ -78,10 +82,7 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    unknown = set(raw) - SECTIONS
-    if unknown:
-        raise ConfigError(f"{path}: unknown key '{sorted(unknown)[0]}' "
-                          f"(allowed: {', '.join(sorted(SECTIONS))})")
+    _known(raw, SECTIONS, str(path))
     for key in ("models", "tasks"):
         if key not in raw:
             raise ConfigError(f"{path}: '{key}' is required")
