@@ -5,7 +5,6 @@ from transformer_lens import patching as tlp
 from interp.analysis.attribution import attribution_patch
 from interp.analysis.metrics import first_answer_token, logit_diff, normalized_effect
 from interp.analysis.patching import activation_patch, patch_pairs
-from interp.errors import ConfigError
 from interp.models import load_model
 
 CLEAN = ["The cat sat on the mat and", "One two three four five six seven"]

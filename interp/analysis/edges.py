@@ -49,7 +49,7 @@ def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = N
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     _check(model)
-    hf, cfg = model.hf, model.hf.config
+    hf = model.hf
     inner = hf.model
     inner = getattr(inner, "original_component", inner)
     H, G, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model

@@ -13,7 +13,6 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-import torch
 
 from interp.analysis.metrics import first_answer_token
 from interp.errors import ConfigError, TaskError
