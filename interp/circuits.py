@@ -27,6 +27,12 @@ class ScoreMap:
         L, H = self.heads.shape
         return [f"L{l}H{h}" for l in range(L) for h in range(H)] + [f"L{l}MLP" for l in range(L)]
 
+    def top_heads(self, k: int) -> list[tuple[int, int]]:
+        """The ``k`` heads with the largest absolute score, as (layer, head), largest first."""
+        H = self.heads.shape[1]
+        order = self.heads.flatten().abs().argsort(descending=True)[:k]
+        return [divmod(int(i), H) for i in order]
+
     def per_layer(self) -> torch.Tensor:
         """Summed absolute score per layer (heads and MLP): ``[layer]``."""
         return self.heads.abs().sum(-1) + self.mlp.abs()

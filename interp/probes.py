@@ -62,11 +62,7 @@ def attention_views(config: ShiftConfig, ft_spec: str, maps: dict[str, ScoreMap]
                     n_heads: int = 4, last: int = 40) -> dict:
     """Attention patterns of the top heads of the ICL and FT circuits on one clean prompt per
     condition (its last ``last`` tokens), for the report's circuitsvis views."""
-    L, H = maps["base-zs"].heads.shape
-    ranked = []
-    for cond in ("base-icl", "ft-zs"):
-        order = maps[cond].heads.flatten().abs().argsort(descending=True).tolist()
-        ranked += [divmod(i, H) for i in order[:n_heads]]
+    ranked = maps["base-icl"].top_heads(n_heads) + maps["ft-zs"].top_heads(n_heads)
     heads = list(dict.fromkeys(ranked))[:n_heads]
     views = {}
     for cond in CONDITIONS:

@@ -1,9 +1,8 @@
 import pytest
 import torch
 
-from interp.analysis.icl_heads import (answer_prob, find_icl_heads, function_vector, icl_prompts,
-                                       inject)
-from interp.analysis.metrics import first_answer_token
+from interp.analysis.icl_heads import find_icl_heads, function_vector, icl_prompts, inject
+from interp.analysis.metrics import answer_prob, first_answer_token
 from interp.errors import ConfigError
 from interp.models import load_model
 from interp.prompts import answer_sep

@@ -19,6 +19,7 @@ def test_circuit_distances_hand_values():
     b = ScoreMap(torch.tensor([[3.0, 0.0], [0.0, 2.0]]), torch.tensor([0.0, 5.0]))
     assert top_k(a, 2) == {0, 3}                         # L0H0 and L1H1
     assert top_k(b, 2) == {0, 5}                         # L0H0 and L1MLP
+    assert a.top_heads(2) == [(0, 0), (1, 1)] and b.top_heads(1) == [(0, 0)]
     assert jaccard(top_k(a, 2), top_k(b, 2)) == pytest.approx(1 / 3)
     assert overlap_pvalue(2, 2, 1, 6) == pytest.approx(hypergeom.sf(0, 6, 2, 2))
     assert torch.allclose(layer_shift(a, b), torch.tensor([1.0, 9.0]))

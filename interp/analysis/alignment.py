@@ -147,8 +147,8 @@ def record(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Examp
     last_q: list = [None] * n
     demo_att: list = [None] * n
     gold = torch.zeros(n)
-    groups = length_groups([{"clean": torch.tensor(x)} for x in q_ids])
-    for n_q, idx in groups.items():
+    wanted = [r for r in _RECORDED if demo_span is not None or r != "attn.hook_pattern"]
+    for n_q, idx in length_groups(q_ids).items():
         B = len(idx)
         store = {}
 
@@ -159,7 +159,6 @@ def record(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Examp
                 return act[:, :, -1, slice(*demo_span)].sum(1).cpu()
             return act[:, -1].cpu()
 
-        wanted = [r for r in _RECORDED if demo_span is not None or r != "attn.hook_pattern"]
         hooks = _capture(store, [f"blocks.{l}.{r}" for r in wanted for l in range(L)], keep)
         kwargs = {}
         if past is not None:

@@ -54,15 +54,15 @@ def cross_model_patch(target: LoadedModel, source: LoadedModel, tokens: Sequence
         batch = torch.stack([tokens[i]["clean"] for i in idx]).to(target.device)
         metric = metric_for(idx)
         with torch.no_grad():
-            _, cache = source.bridge.run_with_cache(batch.to(source.device),
-                                                    names_filter=lambda n: n in hooks)
+            logits, cache = source.bridge.run_with_cache(batch.to(source.device),
+                                                         names_filter=lambda n: n in hooks)
+        src_m.append(metric(logits).float().cpu())
         sources = {name: cache[name].to(target.device, target.dtype) for name in hooks}
         scores = sweep(target, batch, sources, metric, component, chunk, 0, progress)
         if keep is not None:  # [layer, (head,) pos, b]: keep the last ``keep`` positions
             scores = scores[..., n_pos - keep:, :]
         parts.append(scores)
         order.extend(idx)
-        src_m.append(run_metric(source, batch.to(source.device), metric))
         tgt_m.append(run_metric(target, batch, metric))
     perm = torch.tensor(order).argsort()
     scores = torch.cat(parts, -1)[..., perm]

@@ -195,10 +195,16 @@ def patch_edges(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
     """Exact patch of a set of edges (``EdgeScores.ranked()[i]["index"]`` tuples): the corrupt
     run in which each receiver's input gets ``scale * (a_u(clean) - a_u(corrupt))`` of each of
     its senders u. Returns the metric ``[B]``."""
-    B, T = corrupt.shape
     _, clean_s = split_forward(model, clean)
     _, corrupt_s = split_forward(model, corrupt)
-    diff = (_senders_flat(clean_s) - _senders_flat(corrupt_s)) * scale   # [S, B, T, d]
+    diff = _senders_flat(clean_s) - _senders_flat(corrupt_s)           # [S, B, T, d]
+    return _patched_metric(model, corrupt, metric, diff * scale, edges)
+
+
+def _patched_metric(model: LoadedModel, corrupt: torch.Tensor, metric, diff: torch.Tensor,
+                    edges: Sequence[tuple]) -> torch.Tensor:
+    """The corrupt run with ``diff[s]`` added to the input of each edge's receiver."""
+    B, T = corrupt.shape
     deltas = {k: v.detach() for k, v in _zero_deltas(model, B, T, corrupt.device).items()}
     for edge in edges:
         if edge[0] == "heads":
@@ -218,15 +224,19 @@ def edge_faithfulness(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Te
                       ) -> dict:
     """Share of the clean-corrupt metric gap recovered by patching the top-n edges together."""
     with torch.no_grad():
-        m_clean = metric(split_forward(model, clean)[0]).float()
-        m_corrupt = metric(split_forward(model, corrupt)[0]).float()
+        clean_logits, clean_s = split_forward(model, clean)
+        corrupt_logits, corrupt_s = split_forward(model, corrupt)
+    m_clean, m_corrupt = metric(clean_logits).float(), metric(corrupt_logits).float()
+    diff = _senders_flat(clean_s) - _senders_flat(corrupt_s)
     ranked = scores.ranked()
     gap = float((m_clean - m_corrupt).sum())
     out = {"sizes": [], "recovered": []}
     for n in sizes:
         if n > len(ranked):
             break
-        patched = patch_edges(model, clean, corrupt, metric, [r["index"] for r in ranked[:n]])
+        with torch.no_grad():
+            patched = _patched_metric(model, corrupt, metric, diff,
+                                      [r["index"] for r in ranked[:n]])
         out["sizes"].append(n)
         out["recovered"].append(float((patched.float() - m_corrupt).sum()) / gap
                                 if abs(gap) > 1e-9 else float("nan"))

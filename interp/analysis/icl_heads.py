@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -79,29 +78,12 @@ def icl_prompts(task: str, n: int, shots: int, seed: int = 0,
     return clean, shuffled, queries
 
 
-def answer_prob(answer_ids: Sequence[int]):
-    """Metric: the probability of each prompt's answer token at the last position."""
-    ans = torch.as_tensor(list(answer_ids))
-
-    def metric(logits: torch.Tensor) -> torch.Tensor:
-        p = torch.softmax(logits[:, -1].float(), -1)
-        return p[torch.arange(p.shape[0]), ans.to(p.device)]
-
-    return metric
-
-
-def _groups(tokens: list[torch.Tensor]) -> dict[int, list[int]]:
-    from interp.analysis.patching import length_groups
-
-    return length_groups([{"clean": t} for t in tokens])
-
-
 @torch.no_grad()
 def find_icl_heads(model: LoadedModel, task: str, n: int = 16, shots: int = 4, seed: int = 0,
                    chunk: int | None = None, progress: bool = False) -> ICLHeads:
     """Every head's average indirect effect on P(correct answer) (see the module docstring)."""
-    from interp.analysis.metrics import first_answer_token
-    from interp.analysis.patching import COMPONENTS, run_metric, sweep
+    from interp.analysis.metrics import answer_prob, first_answer_token
+    from interp.analysis.patching import COMPONENTS, length_groups, run_metric, sweep
     from interp.prompts import answer_sep
 
     bridge, tok, L = model.bridge, model.tokenizer, model.n_layers
@@ -112,7 +94,7 @@ def find_icl_heads(model: LoadedModel, task: str, n: int = 16, shots: int = 4, s
     clean_tok = [bridge.to_tokens(t)[0] for t in clean]
     total = torch.zeros(L, model.n_heads, model.d_head)
     clean_p = torch.zeros(n)
-    for idx in _groups(clean_tok).values():
+    for idx in length_groups(clean_tok).values():
         batch = torch.stack([clean_tok[i] for i in idx]).to(model.device)
         logits, cache = bridge.run_with_cache(batch, names_filter=lambda x: x in names)
         total += torch.stack([cache[name][:, -1].sum(0).float().cpu() for name in names])
@@ -121,7 +103,7 @@ def find_icl_heads(model: LoadedModel, task: str, n: int = 16, shots: int = 4, s
     shuffled_tok = [bridge.to_tokens(t)[0] for t in shuffled]
     per_prompt = torch.zeros(L, model.n_heads, n)
     shuffled_p = torch.zeros(n)
-    for idx in _groups(shuffled_tok).values():
+    for idx in length_groups(shuffled_tok).values():
         batch = torch.stack([shuffled_tok[i] for i in idx]).to(model.device)
         B, T = batch.shape
         metric = answer_prob([answers[i] for i in idx])
@@ -160,6 +142,7 @@ def inject(model: LoadedModel, task: str, fv: torch.Tensor, layer: int | None = 
     ``scale * fv`` added to the residual stream entering ``layer`` (default: a third of the way
     up) at the last token."""
     from interp.analysis.metrics import first_answer_token
+    from interp.analysis.patching import length_groups
     from interp.prompts import answer_sep, build_prompt
     from interp.tasks import generate
 
@@ -180,7 +163,7 @@ def inject(model: LoadedModel, task: str, fv: torch.Tensor, layer: int | None = 
         return act
 
     picked = {False: torch.zeros(n, dtype=torch.long), True: torch.zeros(n, dtype=torch.long)}
-    for idx in _groups(tokens).values():
+    for idx in length_groups(tokens).values():
         batch = torch.stack([tokens[i] for i in idx]).to(model.device)
         for with_fv in (False, True):
             hooks = [(f"blocks.{layer}.hook_resid_pre", steer)] if with_fv else []
@@ -197,8 +180,7 @@ def circuit_usage(heads: ICLHeads, maps: dict, k: int) -> dict:
     icl = heads.top(k)
     out = {"k": k, "icl_heads": [f"L{l}H{h}" for l, h in icl], "conditions": {}}
     for cond, m in maps.items():
-        H = m.heads.shape[1]
-        top = {divmod(int(i), H) for i in m.heads.flatten().abs().argsort(descending=True)[:k]}
+        top = set(m.top_heads(k))
         shared = [f"L{l}H{h}" for l, h in icl if (l, h) in top]
         out["conditions"][cond] = {"shared": shared, "count": len(shared)}
     return out

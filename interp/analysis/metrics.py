@@ -47,6 +47,16 @@ def answer_logprob(answer_ids: Sequence[int] | torch.Tensor, position: int = -1)
     return metric
 
 
+def answer_prob(answer_ids: Sequence[int] | torch.Tensor, position: int = -1) -> Metric:
+    """The probability of each prompt's answer token at ``position``."""
+    logprob = answer_logprob(answer_ids, position)
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logprob(logits).exp()
+
+    return metric
+
+
 def normalized_effect(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor,
                       eps: float = 1e-8) -> torch.Tensor:
     """(patched - corrupt) / (clean - corrupt): 1 = clean behaviour restored, 0 = none."""

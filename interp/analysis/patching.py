@@ -264,11 +264,14 @@ def run_metric(model: LoadedModel, tokens: torch.Tensor, metric) -> torch.Tensor
     return metric(model.bridge(tokens)).float().cpu()
 
 
-def length_groups(pairs: Sequence[dict]) -> dict[int, list[int]]:
-    """Indices of the tokenised pairs by token length (no padding ever enters a forward)."""
+def length_groups(items: Sequence) -> dict[int, list[int]]:
+    """Indices of tokenised pairs (``{"clean": ...}``) or token sequences (tensors or lists) by
+    token length, so that no padding ever enters a forward."""
     groups: dict[int, list[int]] = {}
-    for i, p in enumerate(pairs):
-        groups.setdefault(int(p["clean"].shape[-1]), []).append(i)
+    for i, item in enumerate(items):
+        tokens = item["clean"] if isinstance(item, dict) else item
+        n = int(tokens.shape[-1]) if isinstance(tokens, torch.Tensor) else len(tokens)
+        groups.setdefault(n, []).append(i)
     return groups
 
 

@@ -76,6 +76,16 @@ def _by_length(tokens: list[dict], fn) -> torch.Tensor:
     return out[..., torch.tensor(order).argsort()]
 
 
+def _heatmap(result, title: str):
+    """A PatchResult's normalised effects as a heatmap (heads_pos averaged over heads)."""
+    from interp.plots import heatmap
+
+    c = result.component
+    values = result.normalized if c != "heads_pos" else result.normalized.mean(1)
+    return heatmap(values, title, "head" if c == "heads" else "position",
+                   x_labels=result.positions if c != "heads" else None, hover="normalised effect")
+
+
 def run(args) -> int:
     from safetensors.torch import save_file
 
@@ -128,12 +138,8 @@ def run(args) -> int:
                                "shape": list(result.mean.shape), "positions": result.positions,
                                "top_normalized": result.top(10)}
         summary.setdefault("baselines", result.baselines(args.n_boot, args.seed))
-        x_title = "head" if component == "heads" else "position"
-        values = result.normalized if component != "heads_pos" else result.normalized.mean(1)
-        figures.append(heatmap(values, f"{component}: normalised {args.method} patching effect "
-                                       f"({args.direction}, n={result.n})", x_title,
-                               x_labels=result.positions if component != "heads" else None,
-                               hover="normalised effect"))
+        figures.append(_heatmap(result, f"{component}: normalised {args.method} patching "
+                                        f"effect ({args.direction}, n={result.n})"))
     if args.dla:
         from interp.analysis.attribution import direct_logit_attribution
 
@@ -179,7 +185,7 @@ def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
 
     from interp.analysis.cross_model import cross_model_patch
     from interp.models import load_model
-    from interp.plots import heatmap, write_page
+    from interp.plots import write_page
 
     source = load_model(args.source_model, device=args.device, dtype=args.dtype)
     tensors, summary, figures = {}, {"source": source.spec, "target": model.spec}, []
@@ -196,12 +202,8 @@ def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
                 "top_normalized": result.top(10),
                 "metric": {"patched_into": float(result.corrupt.mean()),
                            "patched_from": float(result.clean.mean())}}
-            values = result.normalized if component != "heads_pos" else result.normalized.mean(1)
-            figures.append(heatmap(
-                values, f"{frm.spec} -> {into.spec}: {component} (1 = behaves like {frm.spec})",
-                "head" if component == "heads" else "position",
-                x_labels=result.positions if component != "heads" else None,
-                hover="normalised effect"))
+            figures.append(_heatmap(result, f"{frm.spec} -> {into.spec}: {component} "
+                                            f"(1 = behaves like {frm.spec})"))
     save_file({k: v.contiguous().float() for k, v in tensors.items()}, out / "scores.safetensors")
     summary.update({"n_pairs": len(tokens), "task": args.task, "shots": args.shots,
                     "metric": args.metric, "keys": sorted(tensors)})

@@ -57,29 +57,14 @@ def layer_causal_loss(hf, ids: torch.Tensor) -> torch.Tensor:
     mask = create_causal_mask(config=config, inputs_embeds=h, attention_mask=None,
                               past_key_values=None, position_ids=positions)
     rotary = inner.rotary_emb(h, position_ids=positions)
-    outs = []
+    targets = ids[:, 1:].reshape(-1)
+    total = 0.0
     for layer in inner.layers:
         out = layer(h.detach(), attention_mask=mask, position_embeddings=rotary,
                     position_ids=positions)
         h = out[0] if isinstance(out, tuple) else out
-        outs.append(h[:, :-1])
-    return _early_exit_loss(hf, outs, ids[:, 1:])
-
-
-def _early_exit_loss(hf, outs: list[torch.Tensor], targets: torch.Tensor,
-                     max_rows: int = 4096) -> torch.Tensor:
-    """Sum over layers of the mean next-token cross-entropy of each layer's output through the
-    final norm and unembedding. Layers are unembedded together, ``max_rows`` positions per
-    matmul (one big matmul runs ~2x faster on CPU than one per layer, with the same result)."""
-    rows = targets.numel()
-    per = max(1, max_rows // rows)
-    total = 0.0
-    for i in range(0, len(outs), per):
-        chunk = torch.stack(outs[i:i + per])                     # [layers, batch, pos, d]
-        logits = hf.lm_head(hf.model.norm(chunk)).float()
-        flat = targets.reshape(-1).repeat(chunk.shape[0])
-        total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat,
-                                        reduction="sum") / rows
+        logits = hf.lm_head(inner.norm(h))[:, :-1]
+        total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets)
     return total
 
 
