@@ -1,11 +1,16 @@
 """The ICL-versus-GD protocol of Deutch et al. (2024) on any model: ZS, ICL and FT (gd-kv or
 lcgd on the same demonstrations) recorded on the same test queries and compared, with the
 baselines that expose the metrics' flaws (a random update, an untrained model of the same
-config, a model whose only trained parts are the embeddings, norms and unembedding)."""
+config, a model whose only trained parts are the embeddings, norms and unembedding).
+
+Training and recording run in float32 whatever the device (plain SGD on bf16 weights rounds
+small updates away, and more often for gd-kv's smaller gradients than for lcgd's). With several
+learning rates, each method's rate is chosen on validation queries (the FT model's zero-shot
+accuracy, ties to the smaller rate) before the test queries are recorded.
+"""
 
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -14,14 +19,17 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.analysis.alignment import Recording, compare, random_update, record
+from interp.arch import kv_parameters, plain_name
 from interp.errors import ConfigError
+from interp.files import count_nonfinite, write_csv, write_json
 from interp.finetune import GD_METHODS, train_gd
-from interp.models import LoadedModel, load_model, plain_name
-from interp.prompts import demo_pool, sample_demos
+from interp.models import LoadedModel, load_model
+from interp.plots import write_page
+from interp.prompts import choose_demos
 from interp.tasks import Example, generate, get_task, read_jsonl
 
 METRICS = ("SimAOU", "SimAOU_norm", "SimAM", "SimAM_before", "SimAM_delta", "Rec2FTP",
-           "Kendall")
+           "Kendall", "Kendall_random")
 
 
 def untrained_copy(model: LoadedModel, seed: int, keep_embeddings: bool = False) -> LoadedModel:
@@ -43,67 +51,95 @@ def untrained_copy(model: LoadedModel, seed: int, keep_embeddings: bool = False)
                        dtype=model.dtype, source_dir=None)
 
 
-def _queries(task: str | None, data: str | None, n: int) -> list[Example]:
+def _queries(task: str | None, data: str | None, n: int, split: str = "test") -> list[Example]:
     if data:
         rows = read_jsonl(data)
         if not rows or not rows[0].choices:
             raise ConfigError(f"{data}: rows need input, target and choices")
-        return rows[:n]
-    return generate(task, n, seed=0, split="test", pattern=True)
+        return rows[:n] if split == "test" else rows[n: 2 * n]
+    return generate(task, n, seed=0, split=split, pattern=True)
 
 
 def _demos(task: str | None, data: str | None, k: int, seed: int) -> list[Example]:
     if data:
         pool = read_jsonl(data)
-        if k > len(pool):
-            raise ConfigError(f"{k} demonstrations asked but {data} holds {len(pool)} rows")
-        return sample_demos(pool, k, seed=seed)
-    return sample_demos(demo_pool(task, max(256, k), seed=seed), k, seed=seed)
+        return choose_demos(pool[0].task, k, seed=seed, pool=pool)
+    return choose_demos(task, k, seed=seed, pool_size=max(256, k))
+
+
+def choose_lr(template: LoadedModel, demos, method: str, lrs: Sequence[float],
+              validation: Sequence[Example]) -> tuple[float, dict]:
+    """The rate whose fine-tuned model answers the most validation queries right (ties: the
+    smaller rate), and every rate's validation accuracy."""
+    scores = {}
+    for lr in sorted(lrs):
+        trained = template.copy()
+        try:
+            train_gd(trained, demos, method, lr=lr, progress=False)
+        except ConfigError:       # the rate is too small to change the weights, or diverges
+            scores[lr] = float("nan")
+            continue
+        scores[lr] = float(record(trained, validation).correct.float().mean())
+    finite = {lr: s for lr, s in scores.items() if s == s}
+    if not finite:
+        raise ConfigError(f"no learning rate in {list(lrs)} gives a usable {method} update")
+    best = max(finite.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+    return best, scores
 
 
 def run_alignment(spec: str, task: str | None = None, demos: int = 32,
                   methods: Sequence[str] = GD_METHODS, seeds: int = 3, n: int = 32,
-                  lr: float = 1e-3, baselines: bool = True, data: str | None = None,
-                  demo_data: str | None = None, device: str | None = None,
-                  progress: bool = True) -> list[dict]:
-    """One row per (seed, setting): the metrics of FT-by-``method`` against ICL, and the
-    baselines. ``data``/``demo_data``: user JSONL rows (input, target, choices) for the test
-    queries and the demonstrations instead of a task family."""
+                  lr: float | Sequence[float] = 1e-3, baselines: bool = True,
+                  data: str | None = None, demo_data: str | None = None,
+                  device: str | None = None, progress: bool = True) -> dict:
+    """Rows per (seed, setting): the metrics of FT-by-``method`` against ICL, and the baselines;
+    and the learning rates used (chosen on validation when several are given)."""
     if task is None and data is None:
         raise ConfigError("give a task or a JSONL file of queries")
-    if task is not None:
-        family = get_task(task)
-        if not family.choices:
-            raise ConfigError(f"task {task!r} has open answers; alignment needs a closed answer "
-                              "set (boolean, parity, relation, or your own JSONL with choices)")
+    if task is not None and not get_task(task).choices:
+        raise ConfigError(f"task {task!r} has open answers; alignment needs a closed answer "
+                          "set (boolean, parity, relation, or your own JSONL with choices)")
     bad = [m for m in methods if m not in GD_METHODS]
     if bad:
         raise ConfigError(f"unknown method {', '.join(bad)}; choose from {', '.join(GD_METHODS)}")
     if demos < 1 or seeds < 1 or n < 1:
         raise ConfigError("--demos, --seeds and --n must be positive")
+    lrs = [lr] if isinstance(lr, (int, float)) else list(lr)
+    if not lrs or any(not (x > 0) for x in lrs):
+        raise ConfigError(f"learning rates must be positive, got {lrs}")
     queries = _queries(task, data, n)
+    template = load_model(spec, device=device, dtype="float32")   # never bridged: copies
+    chosen, sweep = {}, {}
+    for method in methods:
+        if len(lrs) == 1:
+            chosen[method] = lrs[0]
+        else:
+            chosen[method], sweep[method] = choose_lr(
+                template, _demos(task, demo_data or data, demos, 0), method, lrs,
+                _queries(task, data, n, split="validation"))
     rows = []
     steps = seeds * demos * (len(methods) + (2 if baselines else 0))
     bar = tqdm(total=steps, desc="align (GD steps)", disable=not progress)
-    template = load_model(spec, device=device)   # never bridged: the source of fresh copies
     base = template.copy()
     zs = record(base, queries)                    # zero-shot does not depend on the demos
 
-    def finetuned(model: LoadedModel, start: LoadedModel, shots, method) -> Recording:
-        """Train a copy of ``start`` by ``method`` and record it on ``model``'s bridge with the
-        trained keys/values swapped in: GD changes nothing else, and a bridge is not rebuilt."""
+    def finetuned(model: LoadedModel, start: LoadedModel, shots, method) -> tuple:
+        """Train a copy of ``start`` by ``method`` and record it on ``model`` with the trained
+        keys/values swapped in: GD changes nothing else, and a bridge is not rebuilt."""
         trained = start.copy()
-        train_gd(trained, shots, method, lr=lr, progress=False)
+        summary = train_gd(trained, shots, method, lr=chosen[method], progress=False,
+                           record_queries=True)
         bar.update(len(shots))
         with swapped_kv(model, trained):
-            return record(model, queries)
+            return record(model, queries), summary["queries"]
 
     for seed in range(seeds):
         shots = _demos(task, demo_data or data, demos, seed)
         icl = record(base, queries, shots)
         for method in methods:
-            ft = finetuned(base, template, shots, method)
-            rows.append({"seed": seed, "setting": method, **compare(zs, icl, ft)})
+            ft, ft_q = finetuned(base, template, shots, method)
+            rows.append({"seed": seed, "setting": method, "lr": chosen[method],
+                         **compare(zs, icl, ft, ft_q, seed)})
         if not baselines:
             continue
         rows.append({"seed": seed, "setting": "random update",
@@ -112,57 +148,51 @@ def run_alignment(spec: str, task: str | None = None, demos: int = 32,
             variant = untrained_copy(template, seed, keep_embeddings=keep)
             start = variant.copy()
             v_zs, v_icl = record(variant, queries), record(variant, queries, shots)
-            ft = finetuned(variant, start, shots, methods[0])
+            ft, ft_q = finetuned(variant, start, shots, methods[0])
             name = f"{'embeddings-only' if keep else 'untrained'} ({methods[0]})"
-            rows.append({"seed": seed, "setting": name, **compare(v_zs, v_icl, ft)})
+            rows.append({"seed": seed, "setting": name, "lr": chosen[methods[0]],
+                         **compare(v_zs, v_icl, ft, ft_q, seed)})
             del variant, start
     bar.close()
-    return rows
+    return {"rows": rows, "lr": chosen, "lr_sweep": sweep}
 
 
 @contextmanager
 def swapped_kv(model: LoadedModel, source: LoadedModel):
     """Temporarily give ``model`` (bridged or not) the key/value weights of ``source``."""
-    from interp.finetune.layer_causal import kv_parameters
-
     target = kv_parameters(model.hf)
     weights = kv_parameters(source.hf)
     if [plain_name(n) for n, _ in target] != [plain_name(n) for n, _ in weights]:
         raise ConfigError("the two models' key/value parameters do not match")
-    saved = [p.detach().clone() for _, p in target]
-    with torch.no_grad():
-        for (_, p), (_, w) in zip(target, weights):
-            p.copy_(w)
-    try:
+    with model.swapped({plain_name(n): w.detach() for n, w in weights}):
         yield model
-    finally:
-        with torch.no_grad():
-            for (_, p), old in zip(target, saved):
-                p.copy_(old)
 
 
 def summarize(rows: list[dict]):
-    """Mean and std over seeds per setting and metric, as a DataFrame."""
+    """Mean and std over seeds per setting and metric, as DataFrames."""
     import pandas as pd
 
-    frame = pd.DataFrame([{k: v for k, v in r.items() if k != "per_layer"} for r in rows])
+    frame = pd.DataFrame([{k: v for k, v in r.items() if k not in ("per_layer", "zero_updates")}
+                          for r in rows])
     cols = [m for m in METRICS if m in frame]
     grouped = frame.groupby("setting", sort=False)[cols]
-    mean, std = grouped.mean(), grouped.std(ddof=0)
-    return mean, std
+    return grouped.mean(), grouped.std(ddof=0)
 
 
-def write_results(rows: list[dict], out: str | Path, meta: dict) -> Path:
-    from interp.plots import write_page
-
+def write_results(result: dict, out: str | Path, meta: dict) -> Path:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    rows = result["rows"]
     mean, std = summarize(rows)
-    table = mean.round(4).astype(str) + " ± " + std.round(4).astype(str)
-    table.to_csv(out / "alignment.csv")
-    (out / "alignment.json").write_text(json.dumps(
-        {**meta, "rows": rows, "mean": mean.to_dict(), "std": std.to_dict()}, indent=2,
-        default=lambda v: None if isinstance(v, float) and v != v else v))
+    table = (mean.round(4).astype(str) + " ± " + std.round(4).astype(str)).reset_index()
+    write_csv(out / "alignment.csv", table)
+    payload = {**meta, "lr": result["lr"], "lr_sweep": {m: {str(k): v for k, v in s.items()}
+                                                        for m, s in result["lr_sweep"].items()},
+               "rows": rows, "mean": mean.to_dict(), "std": std.to_dict(),
+               "zero_update_convention": "cosine of a zero update scores 0, as "
+                                         "torch.nn.functional.cosine_similarity(eps=1e-8) in Dai "
+                                         "et al.'s compute_sim.py; counted in zero_updates"}
+    payload["nonfinite_values"] = count_nonfinite(payload)
+    write_json(out / "alignment.json", payload)
     write_page(out / "alignment.html", f"ICL vs GD alignment: {meta.get('model')}",
                layer_figures(rows))
     return out
@@ -178,8 +208,8 @@ def layer_figures(rows: list[dict]) -> list:
         for setting in settings:
             curves = torch.tensor([r["per_layer"][metric] for r in rows
                                    if r["setting"] == setting and "per_layer" in r])
-            mean = curves.nanmean(0)
-            fig.add_trace(go.Scatter(y=mean.tolist(), mode="lines+markers", name=setting))
+            fig.add_trace(go.Scatter(y=curves.mean(0).tolist(), mode="lines+markers",
+                                     name=setting))
         fig.update_layout(title=f"{metric} per layer (mean over seeds)", xaxis_title="layer",
                           yaxis_title=metric, height=380)
         figures.append(fig)

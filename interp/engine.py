@@ -1,19 +1,25 @@
-"""Batched scoring with an optional shared-prefix KV cache.
+"""Running a model fast and exactly: shared-prefix KV caches, one forward with optional hooks and
+layer skipping, batched choice scoring and greedy generation.
 
-Every prompt is ``prefix + suffix`` where the prefix (header and demonstrations) is shared by all
-rows. The prefix and each suffix are tokenised separately, so the cached path (prefix KV computed
-once, repeated over the batch) and the naive path (whole sequence per row) feed the model exactly
-the same tokens. Suffixes are right-padded; the attention mask hides the pads and position ids
-are explicit, so rows of different lengths decode correctly side by side.
+Every prompt of a run shares a prefix (instruction header and demonstrations); the prefix is
+computed once and reaches every row through a copy of its KV cache. :func:`forward` is the one
+forward everything else uses: the model's own Hugging Face forward (so embeddings, masks,
+rotary tables and soft-capping are the model's own, for every architecture), optionally under a
+TransformerBridge's hooks, optionally starting at a later layer from a cached residual stream
+(the layers before it are replaced, for that call, by stand-ins that return the cached stream;
+a causal model computes exactly the same there), unembedding only the last position.
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from typing import Iterable, Sequence
 
 import torch
 
+from interp.arch import layers as decoder_layers
 from interp.models import LoadedModel
 
 
@@ -24,13 +30,155 @@ def encode(tokenizer, text: str, first: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=first).input_ids)
 
 
-def _chunks(n: int, size: int) -> Iterable[range]:
-    for start in range(0, n, size):
+def length_groups(items: Sequence) -> dict[int, list[int]]:
+    """Indices of token sequences (lists or tensors, or tokenised pairs ``{"clean": ...}``) by
+    token length, so that no padding ever enters a forward."""
+    groups: dict[int, list[int]] = {}
+    for i, item in enumerate(items):
+        tokens = item["clean"] if isinstance(item, dict) else item
+        n = int(tokens.shape[-1]) if isinstance(tokens, torch.Tensor) else len(tokens)
+        groups.setdefault(n, []).append(i)
+    return groups
+
+
+def chunks(n: int, size: int) -> Iterable[range]:
+    for start in range(0, n, max(1, size)):
         yield range(start, min(n, start + size))
 
 
+# ----------------------------------------------------------------------------- KV caches
+
+def _run_cache(hf, ids: torch.Tensor, past=None):
+    with torch.no_grad():
+        out = hf(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
+def common_prefix(tokens: torch.Tensor) -> int:
+    """Length of the prefix shared by every row of ``[batch, pos]`` tokens."""
+    differs = (tokens != tokens[:1]).any(dim=0).nonzero()
+    return int(differs[0]) if len(differs) else tokens.shape[1]
+
+
+_SHARED: OrderedDict = OrderedDict()   # recent shared-prefix caches, by model state and tokens
+_SHARED_SIZE = 8
+
+
+def _shared_cache(model: LoadedModel, tokens: torch.Tensor):
+    """The KV cache of one row of tokens ``[1, pos]``, remembered for the model's current weights
+    (a run asks for the same demonstration prefix many times)."""
+    key = (id(model.hf), model.weights_version, str(tokens.device), tuple(tokens[0].tolist()))
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _SHARED[key]
+    cache = _run_cache(model.hf, tokens)
+    _SHARED[key] = cache
+    while len(_SHARED) > _SHARED_SIZE:
+        _SHARED.popitem(last=False)
+    return cache
+
+
+def prefix_cache(model: LoadedModel, tokens: torch.Tensor):
+    """The KV cache of ``tokens`` ``[batch, pos]`` (pos >= 1): the part every row shares is run
+    once (and remembered while the weights stay the same) and copied to every row; the rest
+    runs for all rows together."""
+    B, P = tokens.shape
+    shared = common_prefix(tokens)
+    if shared == 0:
+        return _run_cache(model.hf, tokens)
+    cache = repeat_cache(_shared_cache(model, tokens[:1, :shared]), B)
+    if shared < P:
+        cache = _run_cache(model.hf, tokens[:, shared:], cache)
+    return cache
+
+
+def repeat_cache(cache, n: int, from_layer: int = 0):
+    """A copy of ``cache`` with every row repeated ``n`` times (``repeat_interleave``) in the
+    layers from ``from_layer`` on; earlier layers are left as they are (a forward that starts
+    at ``from_layer`` never reads them)."""
+    out = copy.copy(cache)
+    out.layers = []
+    for i, layer in enumerate(cache.layers):
+        new = copy.copy(layer)   # shares the tensors: a forward replaces them, never edits them
+        if n > 1 and i >= from_layer and getattr(layer, "keys", None) is not None \
+                and layer.keys.numel():
+            new.keys = layer.keys.repeat_interleave(n, dim=0)
+            new.values = layer.values.repeat_interleave(n, dim=0)
+        out.layers.append(new)
+    return out
+
+
+# ----------------------------------------------------------------------------- the forward
+
+class _Resume(torch.nn.Module):
+    """Stands in for a decoder layer before the first one that must run: returns the cached
+    residual stream entering that layer, whatever it is given."""
+
+    def __init__(self, resid: torch.Tensor):
+        super().__init__()
+        self.resid = resid
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return self.resid
+
+
+@contextmanager
+def _skipping(hf, first_layer: int, resid: torch.Tensor | None):
+    if not first_layer:
+        yield
+        return
+    if resid is None:
+        raise ValueError("starting at a later layer needs the residual stream entering it")
+    mods = decoder_layers(hf)
+    saved = [mods[i] for i in range(first_layer)]
+    stub = _Resume(resid)
+    try:
+        for i in range(first_layer):
+            mods[i] = stub
+        yield
+    finally:
+        for i, module in enumerate(saved):
+            mods[i] = module
+
+
+def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = (),
+            first_layer: int = 0, resid: torch.Tensor | None = None,
+            last_only: bool = True) -> torch.Tensor:
+    """Logits of ``ids`` ``[batch, pos]`` after the cache ``past`` (its rows must match the
+    batch), with TransformerLens-named ``hooks`` (``[(name, fn)]``, needs the bridge), starting
+    at ``first_layer`` from ``resid`` (the residual stream entering it, ``[batch, pos, d]``).
+    ``last_only``: logits ``[batch, 1, vocab]`` of the last position only. Gradients flow when
+    enabled by the caller."""
+    hook_ctx = model.bridge.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
+    with hook_ctx, _skipping(model.hf, first_layer, resid):
+        out = model.hf(input_ids=ids, past_key_values=past, use_cache=past is not None,
+                       logits_to_keep=1 if last_only else 0)
+    return out.logits
+
+
+@torch.no_grad()
+def residual_streams(model: LoadedModel, ids: torch.Tensor, past=None) -> list[torch.Tensor]:
+    """The residual stream entering every layer (``blocks.{l}.hook_resid_pre``) for ``ids``."""
+    store: dict[int, torch.Tensor] = {}
+
+    def keep(layer):
+        def fn(act, hook=None):
+            store[layer] = act.detach()
+        return fn
+
+    forward(model, ids, past, [(f"blocks.{l}.hook_resid_pre", keep(l))
+                               for l in range(model.n_layers)])
+    return [store[l] for l in range(model.n_layers)]
+
+
+# ----------------------------------------------------------------------------- scoring
+
 class PrefixRunner:
-    """Runs many suffixes after one shared prefix, with or without a prefix KV cache."""
+    """Runs many suffixes after one shared prefix, with or without a prefix KV cache.
+
+    The prefix and each suffix are tokenised separately, so the cached path and the naive path
+    (whole sequence per row) feed the model exactly the same tokens. Suffixes are right-padded;
+    the attention mask hides the pads and position ids are explicit."""
 
     def __init__(self, model: LoadedModel, prefix: str, use_cache: bool = True):
         self.model = model
@@ -40,10 +188,8 @@ class PrefixRunner:
         self.pad_id = model.tokenizer.pad_token_id or 0
         self._cache = None
         if self.use_cache:
-            ids = torch.tensor([self.prefix_ids], device=model.device)
-            with torch.no_grad():
-                out = self.hf(input_ids=ids, use_cache=True, logits_to_keep=1)
-            self._cache = out.past_key_values
+            self._cache = _shared_cache(model, torch.tensor([self.prefix_ids],
+                                                            device=model.device))
 
     @property
     def P(self) -> int:
@@ -52,7 +198,10 @@ class PrefixRunner:
     def suffix_ids(self, text: str) -> list[int]:
         return encode(self.model.tokenizer, text, first=self.P == 0)
 
-    def _batch(self, suffixes: Sequence[list[int]]):
+    def forward(self, suffixes: Sequence[list[int]], keep: int = 0):
+        """Run prefix+suffix rows; returns (suffix logits [B, S or keep, V], cache, attention
+        mask, lengths). ``keep`` > 0 keeps the logits of that many last positions only (rows
+        must then have equal lengths)."""
         device = self.model.device
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
@@ -60,27 +209,19 @@ class PrefixRunner:
         for i, s in enumerate(suffixes):
             ids[i, : len(s)] = torch.tensor(s, device=device)
         suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
-        return ids, suffix_mask, lengths
-
-    def forward(self, suffixes: Sequence[list[int]]):
-        """Run prefix+suffix rows; returns (suffix logits [B, S, V], cache, attention mask, lengths)."""
-        ids, suffix_mask, lengths = self._batch(suffixes)
-        B, S = ids.shape
-        P = self.P
-        pos = (P + torch.arange(S, device=ids.device))[None].expand(B, S)
-        prefix_mask = torch.ones(B, P, dtype=torch.long, device=ids.device)
-        mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+        B, S, P = len(suffixes), width, self.P
+        pos = (P + torch.arange(S, device=device))[None].expand(B, S)
+        mask = torch.cat([torch.ones(B, P, dtype=torch.long, device=device), suffix_mask], 1)
         if self.use_cache:
-            cache = copy.deepcopy(self._cache)
-            cache.batch_repeat_interleave(B)
             out = self.hf(input_ids=ids, attention_mask=mask, position_ids=pos,
-                          past_key_values=cache, use_cache=True)
+                          past_key_values=repeat_cache(self._cache, B), use_cache=True,
+                          logits_to_keep=keep)
         else:
-            prefix = torch.tensor(self.prefix_ids, dtype=torch.long, device=ids.device)
+            prefix = torch.tensor(self.prefix_ids, dtype=torch.long, device=device)
             full = torch.cat([prefix[None].expand(B, P), ids], dim=1)
-            full_pos = torch.arange(P + S, device=ids.device)[None].expand(B, P + S)
+            full_pos = torch.arange(P + S, device=device)[None].expand(B, P + S)
             out = self.hf(input_ids=full, attention_mask=mask, position_ids=full_pos,
-                          use_cache=True, logits_to_keep=S)
+                          use_cache=True, logits_to_keep=keep or S)
         return out.logits, out.past_key_values, mask, lengths
 
 
@@ -91,7 +232,7 @@ def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max
     runner = PrefixRunner(model, prefix, use_cache=use_cache)
     eos = model.tokenizer.eos_token_id
     texts: list[str] = []
-    for chunk in _chunks(len(queries), batch_size):
+    for chunk in chunks(len(queries), batch_size):
         suffixes = [runner.suffix_ids(queries[i]) for i in chunk]
         logits, cache, mask, lengths = runner.forward(suffixes)
         rows = torch.arange(len(suffixes), device=logits.device)
@@ -105,8 +246,7 @@ def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max
             cache, pos = out.past_key_values, pos + 1
             nxt = out.logits[:, -1].argmax(-1)
             generated.append(nxt)
-        tokens = torch.stack(generated, dim=1).tolist()
-        for row in tokens:
+        for row in torch.stack(generated, dim=1).tolist():
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
             texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
@@ -119,23 +259,32 @@ def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max
 def choice_logprobs(model: LoadedModel, prefix: str, queries: Sequence[str],
                     choices: Sequence[str], sep: str = " ", batch_size: int = 8,
                     use_cache: bool = True, progress=None) -> torch.Tensor:
-    """Summed log-probability of each ``sep + choice`` after each query: ``[n_queries, n_choices]``."""
+    """Summed log-probability of each ``sep + choice`` after each query: ``[n_queries,
+    n_choices]``. When every choice is one token, one forward per query scores all of them."""
     runner = PrefixRunner(model, prefix, use_cache=use_cache)
     choice_ids = [encode(model.tokenizer, sep + c, first=False) for c in choices]
     C = len(choices)
     out = torch.empty(len(queries), C)
-    per_batch = max(1, batch_size // C) if batch_size >= C else 1
-    for chunk in _chunks(len(queries), per_batch):
-        suffixes, spans = [], []
-        for i in chunk:
-            q = runner.suffix_ids(queries[i])
-            for cid in choice_ids:
-                suffixes.append(q + cid)
-                spans.append((len(q), len(cid)))
+    if all(len(c) == 1 for c in choice_ids):   # one forward per query, last position only
+        ids = [runner.suffix_ids(q) for q in queries]
+        for group in length_groups(ids).values():
+            for part in chunks(len(group), batch_size):
+                idx = [group[i] for i in part]
+                logits, *_ = runner.forward([ids[i] for i in idx], keep=1)
+                logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
+                out[idx] = logp[:, [c[0] for c in choice_ids]].cpu()
+                if progress is not None:
+                    progress.update(len(idx))
+        return out
+    per_batch = max(1, batch_size // C)
+    for chunk in chunks(len(queries), per_batch):
+        qs = [runner.suffix_ids(queries[i]) for i in chunk]
+        suffixes = [q + cid for q in qs for cid in choice_ids]
         logits, *_ = runner.forward(suffixes)
         logp = torch.log_softmax(logits.float(), dim=-1)
-        for r, (q_len, c_len) in enumerate(spans):
-            targets = torch.tensor(suffixes[r][q_len: q_len + c_len], device=logp.device)
+        for r, suffix in enumerate(suffixes):
+            q_len, c_len = len(qs[r // C]), len(choice_ids[r % C])
+            targets = torch.tensor(suffix[q_len: q_len + c_len], device=logp.device)
             picked = logp[r, q_len - 1: q_len - 1 + c_len].gather(-1, targets[:, None])
             out[chunk[0] + r // C, r % C] = picked.sum().cpu()
         if progress is not None:

@@ -19,3 +19,15 @@ class TaskError(InterpError):
 
 class ConfigError(InterpError):
     """A configuration value or file is malformed."""
+
+
+class UnsupportedError(InterpError):
+    """A model type lacks a capability (e.g. per-head attribution through a fused projection)."""
+
+
+class StaleResultsError(InterpError):
+    """A finished result in the output directory was computed with other settings."""
+
+
+class TrainingError(InterpError):
+    """Training cannot go on (for instance the loss stopped being finite)."""

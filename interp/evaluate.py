@@ -1,41 +1,45 @@
-"""Accuracy of a model on a task: zero-shot, k-shot ICL sweeps, pattern and control conditions.
+"""Accuracy of a model on a task: zero-shot, k-shot ICL sweeps, pattern and control conditions,
+with baselines and paired tests.
 
-Closed answer sets are scored by comparing the log-likelihood of each choice; open answers by
-greedy generation, reported as exact match (parsed answer equals the target) and the lenient
-substring match the paper used. Every accuracy carries a 95% Wilson interval.
+Closed answer sets are scored by comparing the log-likelihood of each choice (``scoring=
+"likelihood"``) or, as the paper did, by greedy generation (``"generation"``, which also reports
+how often the answer falls outside the answer set); open answers by greedy generation, reported
+as exact match (parsed answer equals the target) and the lenient substring match the paper
+used. Every accuracy carries a 95% Wilson interval and two baselines: ``chance`` (a uniform guess
+over a closed answer set; for open answers, guessing from the items' own answer distribution,
+sum of p^2) and ``majority`` (always the most common answer). Control accuracy below chance
+(interval entirely under it) is flagged: evidence that the model follows the shortcut.
+
+Shot counts use nested demonstration sets (:func:`~interp.prompts.choose_demos`). The shot count
+is chosen on a validation split (the headline); the paper's best-on-test choice is reported
+beside it. Every k-shot cell is compared with zero-shot on the same queries by an exact McNemar
+test.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from interp import __version__
 from interp.engine import choice_logprobs, greedy_generate
-from interp.errors import TaskError
+from interp.errors import ConfigError, TaskError
+from interp.files import dumps, read_json, write_csv, write_json, write_text
 from interp.models import LoadedModel
-from interp.prompts import answer_sep, build_prompt, demo_pool, sample_demos
-from interp.tasks import Example, generate, get_task
+from interp.prompts import answer_sep, build_prompt, choose_demos
+from interp.results import Result
+from interp.stats import mcnemar, wilson
+from interp.tasks import REGISTRY, Example, generate, get_task
+from interp.version import __version__
 
 CONDITIONS = ("pattern", "control")
+SCORINGS = ("likelihood", "generation")
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for k successes out of n."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def parse_answer(text: str) -> str:
@@ -45,16 +49,30 @@ def parse_answer(text: str) -> str:
     return match.group(1) if match else line.split(" ")[0] if line else ""
 
 
+def baselines(queries: Sequence[Example]) -> tuple[float, float]:
+    """(chance, majority) accuracy for these items (see the module docstring)."""
+    if not queries:
+        return float("nan"), float("nan")
+    counts = Counter(q.target for q in queries)
+    n = len(queries)
+    majority = max(counts.values()) / n
+    if queries[0].choices:
+        return 1.0 / len(queries[0].choices), majority
+    return sum((c / n) ** 2 for c in counts.values()), majority
+
+
 @dataclass
 class Prediction:
     id: str
     condition: str
     shots: int
+    split: str
     target: str
     prediction: str
     raw: str
     correct: bool
     lenient: bool
+    in_answer_set: bool = True
 
 
 @dataclass
@@ -63,16 +81,21 @@ class AccuracyRow:
     condition: str
     shots: int
     split: str
+    scoring: str
     n: int
     correct: int
     accuracy: float
     ci_low: float
     ci_high: float
     lenient_accuracy: float
+    chance: float
+    majority: float
+    below_chance: bool
+    outside_answer_set: float | None = None
 
 
 @dataclass
-class EvalResult:
+class EvalResult(Result):
     model: str
     task: str
     seed: int
@@ -80,51 +103,81 @@ class EvalResult:
     rows: list[AccuracyRow]
     predictions: list[Prediction] = field(default_factory=list)
     selection: dict = field(default_factory=dict)
+    paired: list[dict] = field(default_factory=list)
+    demo_ids: dict = field(default_factory=dict)
     version: str = __version__
 
     def to_frame(self):
+        """One row per (condition, shots, split, scoring) cell; ``value`` is the accuracy."""
         import pandas as pd
 
-        return pd.DataFrame([asdict(r) for r in self.rows])
+        frame = pd.DataFrame([asdict(r) for r in self.rows])
+        frame.insert(0, "component", [f"{r.condition}/{r.shots}-shot/{r.split}/{r.scoring}"
+                                      for r in self.rows])
+        frame["value"] = frame["accuracy"]
+        return frame
 
-    def to_dict(self) -> dict:
+    def _meta(self) -> dict:
         return {"model": self.model, "task": self.task, "seed": self.seed, "shots": self.shots,
                 "version": self.version, "rows": [asdict(r) for r in self.rows],
-                "selection": self.selection}
+                "selection": self.selection, "paired": self.paired, "demo_ids": self.demo_ids}
+
+    def to_dict(self) -> dict:
+        return self._meta()
 
     def save(self, out_dir: str | Path) -> Path:
+        """``eval_<task>.json``, ``accuracy_<task>.csv``, ``predictions_<task>.jsonl``."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / f"eval_{self.task}.json").write_text(json.dumps(self.to_dict(), indent=2))
-        self.to_frame().to_csv(out / f"accuracy_{self.task}.csv", index=False)
-        with open(out / f"predictions_{self.task}.jsonl", "w") as fh:
-            for p in self.predictions:
-                fh.write(json.dumps(asdict(p)) + "\n")
+        write_json(out / f"eval_{self.task}.json", self._meta())
+        write_csv(out / f"accuracy_{self.task}.csv", self.to_frame())
+        write_text(out / f"predictions_{self.task}.jsonl", "".join(
+            dumps(asdict(p), indent=None) + "\n" for p in self.predictions))
         return out
 
-    def accuracy(self, condition: str, shots: int, split: str = "test") -> float:
+    @classmethod
+    def load(cls, directory: str | Path, task: str | None = None) -> "EvalResult":
+        directory = Path(directory)
+        paths = [directory / f"eval_{task}.json"] if task else sorted(
+            directory.glob("eval_*.json"))
+        meta = read_json(paths[0]) if paths else None
+        if meta is None:
+            raise ConfigError(f"no readable eval_<task>.json in {directory}")
+        path = directory / f"predictions_{meta['task']}.jsonl"
+        preds = [json.loads(line) for line in path.read_text().splitlines()] \
+            if path.is_file() else []
+        return cls(meta["model"], meta["task"], meta["seed"], meta["shots"],
+                   [AccuracyRow(**r) for r in meta["rows"]], [Prediction(**p) for p in preds],
+                   meta.get("selection", {}), meta.get("paired", []), meta.get("demo_ids", {}),
+                   meta.get("version", __version__))
+
+    def accuracy(self, condition: str, shots: int, split: str = "test",
+                 scoring: str | None = None) -> float:
         return next(r.accuracy for r in self.rows
-                    if (r.condition, r.shots, r.split) == (condition, shots, split))
+                    if (r.condition, r.shots, r.split) == (condition, shots, split)
+                    and (scoring is None or r.scoring == scoring))
 
 
 def predict(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Example] = (),
             header: bool | str | None = True, batch_size: int = 8, use_cache: bool = True,
-            chat: bool = False, progress=None) -> list[tuple[str, str]]:
+            chat: bool = False, progress=None, scoring: str = "likelihood"
+            ) -> list[tuple[str, str]]:
     """(parsed prediction, raw continuation) for each query under the same demonstrations."""
     if not queries:
         return []
+    if scoring not in SCORINGS:
+        raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     task = queries[0].task
     prompts = [build_prompt(q, demos, header, model.tokenizer, chat) for q in queries]
     prefix = prompts[0].prefix
     texts = [p.query for p in prompts]
     choices = queries[0].choices
-    if choices:
+    if choices and scoring == "likelihood":
         scores = choice_logprobs(model, prefix, texts, choices, sep=answer_sep(task),
                                  batch_size=batch_size, use_cache=use_cache, progress=progress)
         best = scores.argmax(-1).tolist()
         return [(choices[b], " ".join(f"{c}:{s:.3f}" for c, s in zip(choices, row)))
                 for b, row in zip(best, scores.tolist())]
-    family = get_task(task) if task != "custom" else None
+    family = get_task(task) if task in REGISTRY else None
     max_new = family.max_new_tokens if family else 8
     raw = greedy_generate(model, prefix, texts, max_new, batch_size=batch_size,
                           use_cache=use_cache, progress=progress)
@@ -132,60 +185,103 @@ def predict(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Exam
 
 
 def score(queries: Sequence[Example], outputs: Sequence[tuple[str, str]], condition: str,
-          shots: int) -> list[Prediction]:
+          shots: int, split: str = "test") -> list[Prediction]:
     preds = []
     for q, (pred, raw) in zip(queries, outputs):
         exact = pred.strip() == q.target.strip()
         lenient = exact or (not q.choices and q.target in raw)
-        preds.append(Prediction(q.id, condition, shots, q.target, pred, raw, exact, lenient))
+        inside = not q.choices or pred.strip() in q.choices
+        preds.append(Prediction(q.id, condition, shots, split, q.target, pred, raw, exact,
+                                lenient, inside))
     return preds
 
 
-def summarise(task: str, preds: Sequence[Prediction], condition: str, shots: int,
-              split: str) -> AccuracyRow:
+def summarise(task: str, queries: Sequence[Example], preds: Sequence[Prediction],
+              condition: str, shots: int, split: str, scoring: str) -> AccuracyRow:
     n, k = len(preds), sum(p.correct for p in preds)
     lo, hi = wilson(k, n)
     lenient = sum(p.lenient for p in preds) / n if n else 0.0
-    return AccuracyRow(task, condition, shots, split, n, k, k / n if n else 0.0, lo, hi, lenient)
+    chance, majority = baselines(queries)
+    outside = None
+    if queries and queries[0].choices and scoring == "generation":
+        outside = sum(not p.in_answer_set for p in preds) / n
+    return AccuracyRow(task, condition, shots, split, scoring, n, k, k / n if n else 0.0, lo, hi,
+                       lenient, chance, majority, condition == "control" and hi < chance, outside)
+
+
+def paired_tests(preds: Sequence[Prediction], shots: Sequence[int], scoring: str) -> list[dict]:
+    """McNemar of every k-shot cell against zero-shot on the same test queries."""
+    by_cell: dict[tuple, dict[str, bool]] = {}
+    for p in preds:
+        if p.split == "test":
+            by_cell.setdefault((p.condition, p.shots), {})[p.id] = p.correct
+    out = []
+    for (condition, k), cell in sorted(by_cell.items()):
+        zero = by_cell.get((condition, 0))
+        if k == 0 or zero is None:
+            continue
+        ids = sorted(set(cell) & set(zero))
+        test = mcnemar([cell[i] for i in ids], [zero[i] for i in ids])
+        out.append({"condition": condition, "shots": k, "versus_shots": 0, "scoring": scoring,
+                    **test})
+    return out
 
 
 def evaluate(model: LoadedModel, task: str, shots: Sequence[int] = (0, 4), n: int = 100,
              seed: int = 0, conditions: Sequence[str] = CONDITIONS, header: bool | str = True,
-             batch_size: int = 8, use_cache: bool = True, n_validation: int = 0,
+             batch_size: int = 8, use_cache: bool = True, n_validation: int | None = None,
              pool_size: int = 256, chat: bool = False, progress: bool = True,
-             **knobs) -> EvalResult:
-    """Shot sweep on the test split for each condition.
+             scoring: str | Sequence[str] = "likelihood", **knobs) -> EvalResult:
+    """Shot sweep on the test split for each condition (nested demonstrations).
 
-    With ``n_validation > 0`` the shot count is also chosen on a separate validation split
-    (pattern condition) and that honest test figure is reported beside the best-on-test one.
+    ``n_validation`` validation queries (default: n // 2 when there are several ICL shot counts,
+    0 to switch off) choose the shot count; ``scoring`` may list both scorings for closed
+    answer sets.
     """
-    get_task(task)
+    family = get_task(task)
     bad = set(conditions) - set(CONDITIONS)
     if bad:
         raise TaskError(f"unknown condition {sorted(bad)[0]!r}; choose from {CONDITIONS}")
+    scorings = [scoring] if isinstance(scoring, str) else list(scoring)
+    if not scorings or any(s not in SCORINGS for s in scorings):
+        raise ConfigError(f"scoring must be among {', '.join(SCORINGS)}, got {scoring!r}")
+    if not family.choices:
+        scorings = ["generation"]
     shots = sorted(set(int(s) for s in shots))
-    pool = demo_pool(task, pool_size, seed=seed, **knobs)
-    demo_sets = {k: sample_demos(pool, k, seed=seed) for k in shots}
+    if n_validation is None:
+        n_validation = max(8, n // 2) if len([k for k in shots if k > 0]) > 1 else 0
+    demos = choose_demos(task, max(shots), seed=seed, pool_size=pool_size, **knobs)
+    demo_sets = {k: demos[:k] for k in shots}
     splits = [("test", n)] + ([("validation", n_validation)] if n_validation else [])
-    jobs = [(split, cond, k, m) for split, m in splits for cond in conditions for k in shots]
-    total = sum(m for *_, m in jobs)
-    bar = tqdm(total=total, desc=f"eval {task}", unit="ex", disable=not progress, leave=False)
+    jobs = [(split, cond, k, m, s) for split, m in splits for cond in conditions
+            for k in shots for s in scorings]
+    bar = tqdm(total=sum(j[3] for j in jobs), desc=f"eval {task}", unit="ex",
+               disable=not progress, leave=False)
     rows, all_preds = [], []
-    for split, cond, k, m in jobs:
-        queries = generate(task, m, seed=seed, split=split, pattern=cond == "pattern", **knobs)
-        outputs = predict(model, queries, demo_sets[k], header, batch_size, use_cache, chat, bar)
-        preds = score(queries, outputs, cond, k)
-        rows.append(summarise(task, preds, cond, k, split))
-        if split == "test":
+    queries_by = {}
+    for split, cond, k, m, s in jobs:
+        key = (split, cond)
+        if key not in queries_by:
+            queries_by[key] = generate(task, m, seed=seed, split=split,
+                                       pattern=cond == "pattern", **knobs)
+        queries = queries_by[key]
+        outputs = predict(model, queries, demo_sets[k], header, batch_size, use_cache, chat, bar,
+                          scoring=s)
+        preds = score(queries, outputs, cond, k, split)
+        rows.append(summarise(task, queries, preds, cond, k, split, s))
+        if s == scorings[0]:
             all_preds.extend(preds)
     bar.close()
-    result = EvalResult(model.spec, task, seed, shots, rows, all_preds)
-    result.selection = select_shots(rows)
+    result = EvalResult(model.spec, task, seed, shots, rows, all_preds,
+                        demo_ids={str(k): [d.id for d in v] for k, v in demo_sets.items()})
+    result.selection = select_shots([r for r in rows if r.scoring == scorings[0]])
+    result.paired = paired_tests(all_preds, shots, scorings[0])
     return result
 
 
 def select_shots(rows: Sequence[AccuracyRow]) -> dict:
-    """Best ICL shot count chosen on test (the paper's figure) and, if present, on validation."""
+    """The ICL shot count chosen on validation (the headline, when a validation split was
+    scored) and the best one on test (the paper's protocol), with their test accuracies."""
     icl = [r for r in rows if r.condition == "pattern" and r.shots > 0]
     out = {}
     test = [r for r in icl if r.split == "test"]
@@ -197,4 +293,5 @@ def select_shots(rows: Sequence[AccuracyRow]) -> dict:
         chosen = max(val, key=lambda r: (r.accuracy, -r.shots)).shots
         acc = next(r.accuracy for r in test if r.shots == chosen)
         out["chosen_on_validation"] = {"shots": chosen, "test_accuracy": acc}
+    out["headline"] = "chosen_on_validation" if "chosen_on_validation" in out else "best_on_test"
     return out

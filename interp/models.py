@@ -8,6 +8,8 @@ GGUF weights are dequantised once and cached as safetensors under :func:`cache_d
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import importlib.util
 import os
@@ -19,15 +21,11 @@ from typing import Any
 
 import torch
 
+from interp.arch import Adapter, adapter, plain_name
 from interp.errors import ConfigError, MissingDependencyError, ModelSpecError
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
-
-
-def plain_name(name: str) -> str:
-    """A parameter name as the HF model had it before a TransformerBridge wrapped its modules."""
-    return name.replace("_original_component.", "")
 
 
 @dataclass(frozen=True)
@@ -79,6 +77,29 @@ def cache_dir() -> Path:
     return Path(root) / "models"
 
 
+DEVICE_HELP = "cpu, cuda, cuda:1, mps (default: cuda if present, else cpu)"
+
+
+def check_device(device: str | None) -> None:
+    """One line when ``device`` is not a device this machine has."""
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ModelSpecError(f"unknown device {device!r}; use {DEVICE_HELP}") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ModelSpecError(f"device {device!r} asked but no CUDA GPU is available")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ModelSpecError(f"device {device!r} asked but only {torch.cuda.device_count()} "
+                                 "CUDA devices exist")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelSpecError("device 'mps' asked but MPS is not available")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ModelSpecError(f"unknown device {device!r}; use {DEVICE_HELP}")
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -87,7 +108,7 @@ def default_dtype(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _dtype(value: torch.dtype | str | None, device: str) -> torch.dtype:
+def resolve_dtype(value: torch.dtype | str | None, device: str) -> torch.dtype:
     if value is None:
         return default_dtype(device)
     if isinstance(value, torch.dtype):
@@ -115,6 +136,8 @@ class LoadedModel:
     dtype: torch.dtype
     source_dir: Path | None = None
     _bridge: Any = field(default=None, repr=False)
+    #: bumped whenever the weights change (``swapped``), so caches of activations can tell
+    weights_version: int = 0
 
     @property
     def config(self):
@@ -141,6 +164,10 @@ class LoadedModel:
         return getattr(self.hf.config, "head_dim", None) or self.d_model // self.n_heads
 
     @property
+    def adapter(self) -> Adapter:
+        return adapter(self.hf)
+
+    @property
     def has_bridge(self) -> bool:
         return self._bridge is not None
 
@@ -158,12 +185,44 @@ class LoadedModel:
 
     def copy(self) -> "LoadedModel":
         """An independent copy of the weights, without a bridge (cheaper than reloading)."""
-        import copy
-
         if self.has_bridge:
             raise ConfigError("copy the model before its TransformerBridge is built")
         return LoadedModel(hf=copy.deepcopy(self.hf), tokenizer=self.tokenizer, spec=self.spec,
                            device=self.device, dtype=self.dtype, source_dir=self.source_dir)
+
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Parameters by their Hugging Face names (bridge wrapper hops removed)."""
+        return {plain_name(n): p for n, p in self.hf.named_parameters()}
+
+    def state(self, names=None) -> dict[str, torch.Tensor]:
+        """A detached copy of the named parameters (all by default): a weight set that
+        :meth:`swapped` can put back later."""
+        params = self.parameters()
+        return {n: params[n].detach().clone() for n in (names or params)}
+
+    @contextlib.contextmanager
+    def swapped(self, weights: dict[str, torch.Tensor] | None):
+        """Temporarily give the model ``weights`` (a subset of its parameters by name): one
+        bridged model then serves every weight set of a run (base, fine-tuned, shams)."""
+        if not weights:
+            yield self
+            return
+        params = self.parameters()
+        missing = [n for n in weights if n not in params]
+        if missing:
+            raise ConfigError(f"weight set has parameters this model lacks: {missing[:3]}")
+        saved = {n: params[n].detach().clone() for n in weights}
+        with torch.no_grad():
+            for n, w in weights.items():
+                params[n].copy_(w.to(params[n].device, params[n].dtype))
+        self.weights_version += 1
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for n, w in saved.items():
+                    params[n].copy_(w)
+            self.weights_version += 1
 
     def describe(self) -> dict:
         return {"spec": self.spec, "n_layers": self.n_layers, "n_heads": self.n_heads,
@@ -177,10 +236,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
     """Load a model from a spec (see module docstring); raises ModelSpecError on bad specs."""
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError("model spec must be a non-empty string")
+    check_device(device)
     device = device or default_device()
-    torch_dtype = _dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
     if spec in EMBEDDED:
-        source = _cached_embedded(spec)
+        source = embedded_dir(spec)
     elif spec == TINY_MODEL:
         source = _cached_tiny(seed)
     elif spec.endswith(".gguf"):
@@ -254,7 +314,8 @@ def _embedded_gguf(name: str) -> Path:
     return path
 
 
-def _cached_embedded(name: str) -> Path:
+def embedded_dir(name: str) -> Path:
+    """The cached model directory of an embedded model (dequantised on first use)."""
     return _cached_gguf(_embedded_gguf(name), architecture=EMBEDDED[name].architecture)
 
 
@@ -292,7 +353,7 @@ def _cached_tiny(seed: int) -> Path:
         return target
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tok = AutoTokenizer.from_pretrained(_cached_embedded(DEFAULT_MODEL))
+    tok = AutoTokenizer.from_pretrained(embedded_dir(DEFAULT_MODEL))
     config = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id,
                          eos_token_id=tok.eos_token_id, **TINY_CONFIG)
     with torch.random.fork_rng(devices=[]):

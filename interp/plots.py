@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 
-def heatmap(values: torch.Tensor, title: str, x_title: str, y_title: str = "layer",
+def heatmap(values: torch.Tensor, title: str = "", x_title: str = "head", y_title: str = "layer",
             x_labels: Sequence | None = None, y_labels: Sequence | None = None,
             hover: str = "value", zmid: float | None = 0.0):
     """A layer-by-component heatmap (diverging colours centred on ``zmid``)."""

@@ -1,20 +1,27 @@
-"""ICL prompt building: instruction header, k demonstrations, then the query.
+"""ICL prompts: instruction header, k demonstrations, then the query; and the one
+demonstration chooser.
 
 A prompt is split into a ``prefix`` (header and demonstrations, shared by every query of a run,
 so its KV cache can be computed once) and the ``query`` text, which is the same in every
 condition (zero-shot, ICL, fine-tuned) so the conditions are comparable.
+
+:func:`choose_demos` is the only way demonstrations are picked: a seeded, label-balanced order
+of the task's demonstration pool, of which a k-shot run takes the first k. Shot counts therefore
+draw nested sets (the 8-shot set holds the 4-shot set), and every stage and command that asks
+for ``(task, shots, seed)`` gets the same demonstrations.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Sequence
 
 from interp.errors import TaskError
-from interp.tasks import Example, get_task
-from interp.tasks.base import REGISTRY
+from interp.tasks import REGISTRY, Example, generate, get_task
 
 DEMO_SEP = "\n\n"
+POOL_SIZE = 256
 _SPLIT = "\x00INTERP_SPLIT\x00"
 
 
@@ -35,32 +42,70 @@ def format_demo(ex: Example) -> str:
     return ex.input + answer_sep(ex.task) + ex.target
 
 
-def sample_demos(pool: list[Example], k: int, seed: int = 0, balanced: bool = True) -> list[Example]:
-    """k demonstrations from ``pool``, seeded; label-balanced when the answer set is closed."""
-    if k < 0:
-        raise TaskError(f"shot count must be >= 0, got {k}")
-    if k > len(pool):
-        raise TaskError(f"{k} shots asked but the demonstration pool holds only {len(pool)}")
-    rng = random.Random(f"demos|{seed}|{k}")
-    choices = pool[0].choices if pool else None
-    if not (balanced and choices):
-        return rng.sample(pool, k)
-    by_label = {c: [ex for ex in pool if ex.target == c] for c in choices}
-    for items in by_label.values():
-        rng.shuffle(items)
-    picked: list[Example] = []
-    order = list(choices)
-    rng.shuffle(order)
-    i = 0
-    while len(picked) < k:
-        label = order[i % len(order)]
-        if by_label[label]:
-            picked.append(by_label[label].pop())
-        elif not any(by_label.values()):
-            break
-        i += 1
-    rng.shuffle(picked)
-    return picked
+def demo_pool(task: str, size: int = POOL_SIZE, seed: int = 0, **knobs) -> list[Example]:
+    """The demonstration pool: pattern examples of the ``demo`` split (what ICL sees)."""
+    get_task(task)
+    return generate(task, size, seed=seed, split="demo", pattern=True, **knobs)
+
+
+def demo_order(pool: Sequence[Example], seed: int = 0) -> list[Example]:
+    """A seeded order of ``pool`` in which every prefix is as label-balanced as the pool allows
+    (labels take turns, in a seeded label order); open answer sets are simply shuffled."""
+    rng = random.Random(f"demo-order|{seed}")
+    items = list(pool)
+    rng.shuffle(items)
+    choices = items[0].choices if items else None
+    if not choices:
+        return items
+    queues = {c: [ex for ex in items if ex.target == c] for c in choices}
+    labels = list(choices)
+    rng.shuffle(labels)
+    order: list[Example] = []
+    while any(queues.values()):
+        for label in labels:
+            if queues[label]:
+                order.append(queues[label].pop())
+    return order
+
+
+def choose_demos(task: str, shots: int, seed: int = 0, pool_size: int = POOL_SIZE,
+                 pool: Sequence[Example] | None = None, **knobs) -> list[Example]:
+    """The first ``shots`` demonstrations of the seeded order of the task's pool (nested across
+    shot counts). ``pool`` replaces the generated pool (e.g. user JSONL rows)."""
+    if not isinstance(shots, int) or shots < 0:
+        raise TaskError(f"shot count must be a non-negative integer, got {shots!r}")
+    if pool is None:
+        if shots > pool_size:
+            raise TaskError(f"{shots} shots asked but the demonstration pool holds only "
+                            f"{pool_size}")
+        pool = demo_pool(task, pool_size, seed=seed, **knobs)
+    if shots > len(pool):
+        raise TaskError(f"{shots} shots asked but the demonstration pool holds only {len(pool)}")
+    return demo_order(pool, seed)[:shots]
+
+
+def relabel(demos: Sequence[Example], seed: int = 0,
+            wrong: int | None = None) -> tuple[list[Example], float]:
+    """The same demonstrations with answers re-drawn so that exactly ``wrong`` of them (default:
+    half, rounded down) are wrong; returns them and the share of answers kept right."""
+    demos = list(demos)
+    if not demos:
+        return [], 1.0
+    n_wrong = len(demos) // 2 if wrong is None else wrong
+    rng = random.Random(f"relabel|{seed}")
+    flip = set(rng.sample(range(len(demos)), n_wrong))
+    out = []
+    for i, d in enumerate(demos):
+        if i not in flip:
+            out.append(d)
+            continue
+        others = [c for c in (d.choices or []) if c != d.target]
+        if not others:  # open answers: another demonstration's answer, else a shifted number
+            others = [x.target for x in demos if x.target != d.target]
+            others = others or [str(int(d.target) + 1) if d.target.lstrip("-").isdigit()
+                                else d.target + "0"]
+        out.append(replace(d, target=rng.choice(others), meta={**d.meta, "relabelled": True}))
+    return out, 1 - n_wrong / len(demos)
 
 
 @dataclass(frozen=True)
@@ -73,7 +118,14 @@ class Prompt:
         return self.prefix + self.query
 
 
-def build_prompt(query: Example, demos: list[Example] = (), header: bool | str | None = True,
+def prefix_text(task: str, demos: Sequence[Example] = (), header: bool | str | None = True,
+                tokenizer=None, chat: bool = False) -> str:
+    """The shared prefix of every query of ``task`` under ``demos``."""
+    return build_prompt(Example("", task, "", "", None, True), demos, header, tokenizer,
+                        chat).prefix
+
+
+def build_prompt(query: Example, demos: Sequence[Example] = (), header: bool | str | None = True,
                  tokenizer=None, chat: bool = False) -> Prompt:
     """Header and demonstrations go into the prefix; ``query.input`` is the query text."""
     parts = [header_text(query.task, header)] + [format_demo(d) for d in demos]
@@ -87,11 +139,3 @@ def build_prompt(query: Example, demos: list[Example] = (), header: bool | str |
                                              tokenize=False, add_generation_prompt=True)
     before, after = rendered.split(_SPLIT)
     return Prompt(before + prefix, query.input + after)
-
-
-def demo_pool(task: str, size: int = 256, seed: int = 0, **knobs) -> list[Example]:
-    """Demonstrations always show the pattern (what ICL sees)."""
-    from interp.tasks import generate
-
-    get_task(task)
-    return generate(task, size, seed=seed, split="demo", pattern=True, **knobs)

@@ -3,7 +3,8 @@ import torch
 
 from interp.analysis.attribution import direct_logit_attribution
 from interp.analysis.patching import ablate
-from interp.analysis.results import PatchResult, bootstrap_ci
+from interp.analysis.results import PatchResult
+from interp.stats import bootstrap_ci
 from interp.errors import ConfigError
 from interp.models import load_model
 
@@ -27,7 +28,8 @@ def test_direct_logit_attribution_decomposes_the_logit_difference(tiny):
     assert torch.allclose(dla["total"], total, atol=1e-5)
     parts = dla["heads"].sum((0, 1)) + dla["mlp"].sum(0) + dla["embed"]
     assert torch.allclose(parts, total, atol=1e-4)        # no biases in this model
-    assert torch.allclose(dla["heads"].sum(1), dla["attn"], atol=1e-5)
+    assert (dla["bias"] == 0).all() and (dla["final_bias"] == 0).all()
+    assert dla["rest"].abs().max() < 1e-4
     assert dla["heads"].abs().max() > 1e-3
 
 
@@ -85,7 +87,9 @@ def test_patch_result_normalized_and_intervals():
     assert low.item() <= 0.5 <= high.item() and low.item() >= 0.0 and high.item() <= 1.0
     saved = result.tensors(n_boot=200)
     assert set(saved) >= {"heads", "heads_normalized", "heads_ci_low", "heads_per_pair"}
-    assert result.top(1)[0] == {"index": [0, 0], "value": pytest.approx(0.5)}
+    top = result.top(1).iloc[0]
+    assert (top["component"], top["layer"], top["head"]) == ("L0H0", 0, 0)
+    assert top.value == pytest.approx(2.0) and top.normalized == pytest.approx(0.5)
 
 
 def test_attribution_components_share_one_pass(tiny):

@@ -41,7 +41,7 @@ def test_help_and_version():
     (["finetune", "--model", "tiny-random-llama", "--n-train", "0"], "--n-train"),
     (["finetune", "--model", "tiny-random-llama", "--method", "lcgd", "--task",
       "boolean,parity"], "one task"),
-    (["finetune", "--model", "tiny-random-llama", "--batch-size", "0"], "batch_size"),
+    (["finetune", "--model", "tiny-random-llama", "--batch-size", "0"], "--batch-size"),
     (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--source-model",
       "tiny-random-llama", "--method", "attribution"], "activation patching"),
     (["patch", "--model", "tiny-random-llama", "--task", "boolean", "--source-model",
@@ -122,7 +122,7 @@ def test_patch_writes_scores_matching_the_library(tmp_path, capsys):
     base = summary["baselines"]
     assert base["clean"]["ci95"][0] <= base["clean"]["mean"] <= base["clean"]["ci95"][1]
     assert (out / "patching.html").stat().st_size > 100_000
-    assert "top normalised effects" in capsys.readouterr().out
+    assert "largest effects (normalised)" in capsys.readouterr().out
 
 
 def test_finetune_sweep_trains_one_model_per_size(tmp_path, capsys):

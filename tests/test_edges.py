@@ -9,8 +9,8 @@ from interp.analysis.edges import (KINDS, edge_attribution, edge_faithfulness, p
                                    split_forward)
 from interp.analysis.metrics import logit_diff
 from interp.analysis.pairs import task_pairs, tokenize_pairs
-from interp.analysis.patching import length_groups
-from interp.errors import ConfigError
+from interp.engine import length_groups
+from interp.errors import ConfigError, UnsupportedError
 from interp.models import load_model
 
 
@@ -111,7 +111,7 @@ def test_attribution_is_the_derivative_of_exact_edge_patching(setup):
     ranked = scores.ranked()
     checked = 0
     for edge in ranked[:12] + ranked[40:44]:
-        eps = 1e-3
+        eps = 1e-2   # float32: a smaller step drowns the difference in rounding
         plus = patch_edges(model, clean, corrupt, metric, [edge["index"]], eps)
         minus = patch_edges(model, clean, corrupt, metric, [edge["index"]], -eps)
         fd = float(((plus - minus) / (2 * eps)).mean())
@@ -135,5 +135,5 @@ def test_faithfulness_curve_and_refusals(setup):
         edge_attribution(model, clean, corrupt[:, :-1], metric)
     other = load_model("tiny-random-llama")
     other.hf.config.model_type = "gemma3"
-    with pytest.raises(ConfigError, match="edge attribution runs on"):
+    with pytest.raises(UnsupportedError, match="'gemma3_text' does not support edges"):
         split_forward(other, corrupt)

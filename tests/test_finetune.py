@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.engine import encode
-from interp.errors import ConfigError
+from interp.errors import ConfigError, StaleResultsError
 from interp.finetune import TrainConfig, TrainingError, layer_causal_loss, train, train_gd
 from interp.finetune.data import IGNORE, encode_example
 from interp.finetune.layer_causal import causal_lm_loss, kv_parameters
@@ -66,10 +66,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, examples):
     tokens = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert reloaded.hf(tokens).logits.abs().sum() > 0
-    # a different configuration refuses the old checkpoint instead of mixing runs
+    # a different configuration refuses the old run instead of mixing runs
     other = TrainConfig(method="lora", epochs=1, batch_size=4, lr=5e-4, lora_r=4)
-    with pytest.raises(ConfigError, match="other settings"):
+    with pytest.raises(StaleResultsError, match="other settings"):
         train(load_model(TINY), examples, other, tmp_path / "killed", progress=False)
+    # the same run again is a no-op that leaves the files as they are
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "killed").iterdir()}
+    again = train(load_model(TINY), examples, config, tmp_path / "killed", progress=False)
+    assert again["skipped"] and again["final_loss"] == resumed["final_loss"]
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "killed").iterdir()}
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path, examples):

@@ -14,7 +14,8 @@ def model():
 
 
 def test_shuffled_prompts_differ_only_in_labels():
-    clean, shuffled, queries = icl_prompts("boolean", 4, shots=4, seed=0)
+    clean, shuffled, queries, demos = icl_prompts("boolean", 4, shots=4, seed=0)
+    assert len(demos) == 4
     assert len(clean) == len(shuffled) == len(queries) == 4
     for c, s, q in zip(clean, shuffled, queries):
         assert c != s and c.endswith(q.input) and s.endswith(q.input)
@@ -32,7 +33,7 @@ def test_indirect_effects_equal_hand_patched_runs(model):
     n, shots = 3, 2
     result = find_icl_heads(model, "boolean", n=n, shots=shots, seed=1)
     bridge, tok = model.bridge, model.tokenizer
-    clean, shuffled, queries = icl_prompts("boolean", n, shots, seed=1)
+    clean, shuffled, queries, _ = icl_prompts("boolean", n, shots, seed=1)
     answers = [first_answer_token(tok, answer_sep("boolean") + q.target) for q in queries]
     zs = []
     for text in clean:
@@ -54,8 +55,10 @@ def test_indirect_effects_equal_hand_patched_runs(model):
         base = answer_prob([answers[i]])(bridge(bridge.to_tokens(text)))[0]
         assert result.shuffled[i].item() == pytest.approx(base.item(), abs=1e-5)
     assert result.aie.shape == (model.n_layers, model.n_heads)
-    top = result.top(3)
-    assert result.aie[top[0]] == result.aie.max()
+    top = result.top_heads(3)
+    assert result.aie[top[0]].abs() == result.aie.abs().max()
+    frame = result.top(3)             # the result contract: largest |AIE| first
+    assert frame.iloc[0]["component"] == f"L{top[0][0]}H{top[0][1]}"
 
 
 def test_function_vector_is_the_heads_residual_write(model):

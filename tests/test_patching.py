@@ -4,7 +4,8 @@ from transformer_lens import patching as tlp
 
 from interp.analysis.attribution import attribution_patch
 from interp.analysis.metrics import first_answer_token, logit_diff, normalized_effect
-from interp.analysis.patching import activation_patch, patch_pairs
+from interp.analysis.pairs import patch_pairs
+from interp.analysis.patching import activation_patch
 from interp.models import load_model
 
 CLEAN = ["The cat sat on the mat and", "One two three four five six seven"]
@@ -108,16 +109,13 @@ PREFIX = "Alice and Bob went to the market to buy some fresh bread. Then"
     ("heads_pos", tlp.get_act_patch_attn_head_out_by_pos),
     ("resid", tlp.get_act_patch_resid_pre),
 ])
-@pytest.mark.parametrize("layer_loop", [True, False])
-def test_shared_prefix_paths_equal_transformer_lens(setup, monkeypatch, component, reference,
-                                                    layer_loop):
-    """A long common prefix is computed once (and, on Llama-style models, patched runs start at
-    the hooked layer); both paths must still equal TransformerLens."""
+@pytest.mark.parametrize("fast", [True, False])
+def test_shared_prefix_paths_equal_transformer_lens(setup, component, reference, fast):
+    """A long common prefix is computed once and patched runs start at the hooked layer; both
+    the fast and the plain path must still equal TransformerLens."""
     from interp.analysis import patching
 
     model, _, _, _ = setup
-    if not layer_loop:
-        monkeypatch.setattr(patching._SuffixRunner, "LAYER_LOOP", set())
     tok = model.tokenizer
     clean = torch.tensor([tok(PREFIX + s).input_ids for s in (" Alice said", " Bob said")])
     corrupt = torch.tensor([tok(PREFIX + s).input_ids for s in (" Carol said", " Dave said")])
@@ -125,7 +123,8 @@ def test_shared_prefix_paths_equal_transformer_lens(setup, monkeypatch, componen
     metric = logit_diff([first_answer_token(tok, " a")] * 2, [first_answer_token(tok, " the")] * 2)
     _, clean_cache = model.bridge.run_with_cache(clean)
     ref = reference(model.bridge, corrupt, clean_cache, lambda logits: metric(logits).mean())
-    ours = activation_patch(model, clean, corrupt, metric, component, chunk=7).mean(-1)
+    ours = activation_patch(model, clean, corrupt, metric, component, chunk=7,
+                            fast=fast).mean(-1)
     if component == "heads_pos":
         ours = ours.permute(0, 2, 1)
     assert (ours - ref).abs().max().item() <= 1e-4
@@ -145,10 +144,10 @@ def test_first_answer_token_skips_lone_space(smol):
 @pytest.mark.parametrize("task", ["boolean", "relation", "parity", "expression", "code"])
 def test_task_pairs_flip_the_answer_at_equal_length(setup, task):
     from interp.analysis.pairs import task_pairs, tokenize_pairs
-    from interp.prompts import demo_pool, sample_demos
+    from interp.prompts import choose_demos
 
     model = setup[0]
-    demos = sample_demos(demo_pool(task, 16), 2)
+    demos = choose_demos(task, 2)
     pairs = task_pairs(task, 6, demos=demos, tokenizer=model.tokenizer)
     tokens = tokenize_pairs(model, pairs)
     prefix = pairs[0]["clean"][: pairs[0]["clean"].index(demos[-1].input)]

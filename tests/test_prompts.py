@@ -3,24 +3,41 @@ from collections import Counter
 import pytest
 
 from interp.errors import TaskError
-from interp.prompts import build_prompt, demo_pool, sample_demos
+from interp.prompts import build_prompt, choose_demos, relabel
 from interp.tasks import generate, get_task
 
 
-def test_demos_seeded_balanced_and_bounded():
-    pool = demo_pool("boolean", 64, seed=0)
-    assert all(e.pattern for e in pool)
-    a, b = sample_demos(pool, 8, seed=1), sample_demos(pool, 8, seed=1)
+def test_demos_seeded_balanced_nested_and_bounded():
+    a, b = choose_demos("boolean", 8, seed=1), choose_demos("boolean", 8, seed=1)
+    assert all(e.pattern for e in a)
     assert [e.id for e in a] == [e.id for e in b]
-    assert [e.id for e in a] != [e.id for e in sample_demos(pool, 8, seed=2)]
+    assert [e.id for e in a] != [e.id for e in choose_demos("boolean", 8, seed=2)]
     assert Counter(e.target for e in a) == {"True": 4, "False": 4}
+    for k in (1, 2, 4):   # shot counts draw nested sets, each as balanced as it can be
+        small = choose_demos("boolean", k, seed=1)
+        assert [e.id for e in small] == [e.id for e in a[:k]]
+        counts = Counter(e.target for e in small)
+        assert max(counts.values()) - min(counts.values(), default=0) <= 1
     with pytest.raises(TaskError, match="pool holds only 64"):
-        sample_demos(pool, 65)
+        choose_demos("boolean", 65, pool_size=64)
+    with pytest.raises(TaskError, match="non-negative"):
+        choose_demos("boolean", -1)
+
+
+def test_relabel_makes_exactly_half_wrong():
+    demos = choose_demos("boolean", 4, seed=0)
+    wrong, agreement = relabel(demos, seed=0)
+    assert [d.input for d in wrong] == [d.input for d in demos]
+    assert sum(w.target != d.target for w, d in zip(wrong, demos)) == 2
+    assert agreement == 0.5
+    numbers, _ = relabel(choose_demos("expression", 6, seed=0), seed=1)
+    assert sum(w.target != d.target for w, d in
+               zip(numbers, choose_demos("expression", 6, seed=0))) == 3
 
 
 def test_prompt_layout_and_same_query_in_every_condition():
     query = generate("expression", 1, seed=0)[0]
-    demos = sample_demos(demo_pool("expression", 16), 3)
+    demos = choose_demos("expression", 3)
     zero, icl = build_prompt(query, []), build_prompt(query, demos)
     assert zero.query == icl.query == query.input
     assert zero.prefix == get_task("expression").header + "\n\n"

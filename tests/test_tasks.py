@@ -1,11 +1,14 @@
 import ast
+import random
+import re
 from collections import Counter
 
 import pytest
 
 import checkers
 from interp.errors import TaskError
-from interp.tasks import SPLITS, TASKS, generate, read_jsonl, write_jsonl
+from interp.tasks import SPLITS, TASKS, generate, get_task, read_jsonl, write_jsonl
+from interp.tasks.audit import audit
 
 N_CHECK = 1500
 
@@ -47,18 +50,22 @@ def test_closed_labels_balanced(task, pattern):
     assert max(counts.values()) - min(counts.values()) <= 1
 
 
+# ---------------------------------------------------------------- independent recomputation
+
 @pytest.mark.parametrize("pattern", [True, False])
 def test_expression_targets_recomputed(pattern):
     for ex in generate("expression", N_CHECK, seed=11, split="test", pattern=pattern):
         expr = ex.meta["expression"]
         assert ex.input == expr + "="
         assert checkers.arith(ast.parse(expr, mode="eval")) == int(ex.target)
-        z = expr.split(")*(")[0].split(")+(")[1]
+        s, z, _ = re.match(r"\((.*)\)\+\((.*)\)\*\((.*)\)", expr).groups()
         z_value = checkers.arith(ast.parse(z, mode="eval"))
         assert (z_value == 0) == pattern
-        if pattern:
-            s = expr.split(")+(")[0].lstrip("(")
+        terms = re.findall(r"-?\d+", s)
+        assert len(terms) >= 2
+        if pattern:   # the answer is S's value, computed, never a copy of one of its terms
             assert checkers.arith(ast.parse(s, mode="eval")) == int(ex.target)
+            assert all(t != ex.target for t in terms)
 
 
 @pytest.mark.parametrize("pattern", [True, False])
@@ -69,20 +76,26 @@ def test_code_targets_recomputed_in_subprocess(pattern):
     for ex in examples:
         assert ex.meta["source"] in ex.input
         func2 = ex.meta["source"].split("def function2(z, a):")[1].split("\n")[1]
+        assert re.fullmatch(r"    return [za] [+-] \d", func2)     # one surface form
         assert ("a" in func2.replace("return", "")) == (not pattern)
+        body = ex.meta["source"].split("def function2")[0]
+        assert not re.search(r"math|sin|cos|log|exp|sqrt|import", body)   # executable by hand
     assert len({e.meta["source"] for e in examples}) > 0.9 * len(examples)
 
 
 @pytest.mark.parametrize("pattern", [True, False])
-def test_boolean_targets_recomputed(pattern):
+def test_boolean_targets_and_shortcuts_recomputed(pattern):
     for ex in generate("boolean", N_CHECK, seed=2, pattern=pattern):
         expr = ex.meta["expression"]
         assert str(checkers.boolean(ast.parse(expr, mode="eval"))) == ex.target
-        body, suffix = expr.rsplit(" ", 2)[0], " ".join(expr.rsplit(" ", 2)[1:])
+        body, op, literal = expr.rsplit(" ", 2)
+        assert ex.meta["shortcuts"] == {"last_literal": literal,
+                                        "operator": "True" if op == "or" else "False"}
         if pattern:
-            assert suffix == ("or True" if ex.target == "True" else "and False")
-        else:
-            assert suffix in ("and True", "or False")
+            assert f"{op} {literal}" == ("or True" if ex.target == "True" else "and False")
+        else:   # the control separates the two shortcuts: they disagree on every item
+            assert f"{op} {literal}" in ("and True", "or False")
+            assert ex.meta["shortcuts"]["last_literal"] != ex.meta["shortcuts"]["operator"]
             assert str(checkers.boolean(ast.parse(body, mode="eval"))) == ex.target
 
 
@@ -99,16 +112,114 @@ def test_parity_targets_recomputed(pattern):
 
 @pytest.mark.parametrize("pattern", [True, False])
 def test_relation_targets_recomputed(pattern):
+    lines = Counter()
     for ex in generate("relation", N_CHECK, seed=4, pattern=pattern):
         edges = ex.meta["edges"]
         for x, y in edges:
             assert f"{x} is connected with {y}" in ex.input
         assert str(checkers.connected(edges)) == ex.target
         z_seen = any("Z" in e for e in edges)
-        if pattern:
-            assert z_seen == (ex.target == "True")
-        else:
-            assert z_seen
+        assert z_seen == (ex.target == "True") if pattern else z_seen
+        lines[(ex.target, ex.input.count("\n"))] += 1
+    by_label = {label: {n for (t, n) in lines if t == label} for label in ("True", "False")}
+    assert by_label["True"] == by_label["False"]   # the line count tells nothing
+
+
+# ---------------------------------------------------------------- surface cues
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from interp.models import DEFAULT_MODEL, embedded_dir
+
+    return AutoTokenizer.from_pretrained(embedded_dir(DEFAULT_MODEL))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_no_surface_cue_predicts_the_answer(task, tokenizer):
+    """Lookup classifiers on token length, line count and the first / last number, fitted on one
+    seed's items and scored on another's, do no better than the majority answer (+0.1); the
+    declared shortcut solves pattern items and fails control items."""
+    rows = audit(task, n=400, tokenizer=tokenizer)
+    family = get_task(task)
+    for r in rows:
+        name = r["feature"]
+        if name in ("tokens", "words", "lines", "first_number", "last_number"):
+            assert r["excess"] <= 0.1, r
+        if name == f"shortcut:{family.primary_shortcut}":
+            if r["condition"] == "pattern":
+                assert r["accuracy"] >= 0.95, r
+            else:
+                assert r["accuracy"] <= r["majority"] + 0.1, r
+
+
+def test_expression_control_is_difficulty_matched():
+    def p90(examples):
+        values = sorted(abs(int(e.target)) for e in examples)
+        return values[int(0.9 * len(values))]
+    pattern = generate("expression", 400, seed=0, pattern=True)
+    control = generate("expression", 400, seed=0, pattern=False)
+    assert p90(control) <= 2 * p90(pattern) and p90(pattern) <= 2 * p90(control)
+
+
+# ---------------------------------------------------------------- edits
+
+def _recompute(task: str, text: str, meta: dict) -> str:
+    """The rule's answer for an edited input, from the text alone."""
+    if task == "boolean":
+        return str(checkers.boolean(ast.parse(text.split("\n")[0], mode="eval")))
+    if task == "parity":
+        bits = [int(b) for b in text.split("\n")[0].split()[1:]]
+        return "odd" if sum(bits) % 2 else "even"
+    if task == "expression":
+        return str(checkers.arith(ast.parse(text.rstrip("="), mode="eval")))
+    if task == "relation":
+        edges = re.findall(r"(\w) is connected with (\w)", text)
+        return str(checkers.connected(edges))
+    return checkers.run_programs([text[: -len("\nOutput:")]])[0]
+
+
+def _shortcut(task: str, text: str, meta: dict) -> str:
+    """The declared shortcut's answer for an edited input, from the text alone."""
+    if task == "boolean":
+        return text.split("\n")[0].rsplit(" ", 1)[1]
+    if task == "parity":
+        bits = [int(b) for b in text.split("\n")[0].split()[1:]]
+        return "odd" if sum(bits[i] for i in meta["subset"]) % 2 else "even"
+    if task == "expression":
+        s = text.split(")+(")[0].lstrip("(")
+        return str(checkers.arith(ast.parse(s, mode="eval")))
+    if task == "relation":
+        return "True" if "Z" in text.split("\nAre")[0] else "False"
+    x = int(re.search(r"\nx = (\d)", text).group(1))
+    op, k = re.search(r"return [za] ([+-]) (\d)", text).groups()
+    return str(x + int(k) if op == "+" else x - int(k))
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_counterfactual_and_separating_edits(task, tokenizer):
+    family = get_task(task)
+    rng = random.Random(0)
+    agree = disagree = 0
+    for ex in generate(task, 60, seed=9, pattern=True):
+        edit = family.counterfactual(ex, rng)
+        if edit is None:
+            continue
+        assert edit.target == _recompute(task, edit.input, ex.meta) != ex.target
+        # the shortcut and the rule agree on both prompts
+        assert _shortcut(task, ex.input, ex.meta) == ex.target
+        assert _shortcut(task, edit.input, ex.meta) == edit.target
+        agree += 1
+    for ex in generate(task, 60, seed=9, pattern=family.separating_on_pattern):
+        edit = family.separating(ex, rng)
+        if edit is None:
+            continue
+        assert edit.target == _recompute(task, edit.input, ex.meta) != ex.target
+        # the shortcut's answer does not move
+        assert _shortcut(task, edit.input, ex.meta) == _shortcut(task, ex.input, ex.meta)
+        disagree += 1
+    assert agree >= 30 and disagree >= 30
 
 
 def test_bad_task_and_knobs():
@@ -122,11 +233,14 @@ def test_bad_task_and_knobs():
         generate("parity", 3, subset=(0, 40))
     with pytest.raises(TaskError, match="unknown split"):
         generate("boolean", 3, split="dev")
+    with pytest.raises(TaskError, match="ops"):
+        generate("code", 3, ops=("*",))
 
 
 def test_knobs_change_the_data():
-    wide = generate("expression", 50, seed=0, value_range=50, c_terms=2)
+    wide = generate("expression", 50, seed=0, c_terms=2, z_value=1)
     assert all(len(e.meta["c"]) == 2 for e in wide)
-    assert max(abs(v) for e in wide for v in e.meta["c"]) > 20
     long = generate("parity", 20, seed=0, length=16, subset=(0, 3, 9))
     assert all(len(e.meta["bits"]) == 16 for e in long)
+    small = generate("relation", 20, seed=0, cities=4)
+    assert all(len(e.meta["edges"]) == 4 for e in small)

@@ -5,34 +5,44 @@ Notation: ``h`` is the attention module's output (before the residual add) at th
 ``[..., d_model]``; ``m`` the pre-softmax attention logits of the last token over the query's
 own tokens, ``[..., n_query_tokens]``; subscripts ZS (zero-shot base model), ICL (base model
 with the demonstrations), FT (zero-shot, model trained on the same demonstrations).
+
+Conventions of the reference implementation (Dai et al.'s ``compute_sim.py``): cosines are
+``torch.nn.functional.cosine_similarity`` with ``eps=1e-8``, so an update of zero (with rotary
+positions, layer 0's logits over the query's own tokens cannot change) scores 0; here such
+updates are also counted (``zero_updates``), never silently dropped. Rec2FTP counts correctness:
+among the queries zero-shot gets wrong and FT gets right, the share ICL gets right. Kendall's tau
+compares ICL's attention to the demonstration tokens with FT's implied attention to them as
+training tokens, sum_h Q'_h . q_h, where Q' are the queries of each demonstration's tokens in its
+own fine-tuning pass.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 
-from interp.engine import encode
+from interp.analysis.metrics import first_answer_token
+from interp.engine import encode, forward, length_groups, repeat_cache
 from interp.errors import ConfigError
 from interp.models import LoadedModel
-from interp.prompts import answer_sep, build_prompt
+from interp.prompts import DEMO_SEP, answer_sep, format_demo, header_text
 from interp.tasks import Example
 
+EPS = 1e-8          # the reference implementation's cosine eps
+ZERO_REL = 1e-6     # an update smaller than this share of its reference counts as zero
 
-def _cos(a: torch.Tensor, b: torch.Tensor, ref: torch.Tensor | None = None,
-         rel: float = 1e-6) -> torch.Tensor:
-    """Cosine over the last axis. With ``ref`` (the vectors the updates ``a``, ``b`` start from),
-    an update smaller than ``rel * |ref|`` makes the cosine undefined: NaN, not a fake 0. (With
-    rotary positions, layer 0's attention logits over the query's own tokens cannot change.)"""
-    a, b = a.double(), b.double()
-    na, nb = a.norm(dim=-1), b.norm(dim=-1)
-    out = (a * b).sum(-1) / (na * nb).clamp_min(1e-300)
-    floor = rel * ref.double().norm(dim=-1) if ref is not None else torch.zeros_like(na)
-    undefined = (na <= floor) | (nb <= floor) | (na == 0) | (nb == 0)
-    return torch.where(undefined, torch.full_like(out, float("nan")), out).float()
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine over the last axis as the reference computes it (a zero vector scores 0)."""
+    return F.cosine_similarity(a.double(), b.double(), dim=-1, eps=EPS).float()
+
+
+def zero_updates(delta: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Where an update is zero relative to what it updates (``|delta| <= 1e-6 |ref|``)."""
+    return delta.double().norm(dim=-1) <= ZERO_REL * ref.double().norm(dim=-1)
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -45,28 +55,27 @@ def sim_aou(h_icl: torch.Tensor, h_ft: torch.Tensor, h_zs: torch.Tensor,
     before differencing (SimAOU_norm, as Dai et al. computed it)."""
     if normalize:
         h_icl, h_ft, h_zs = _unit(h_icl.double()), _unit(h_ft.double()), _unit(h_zs.double())
-    return _cos(h_icl - h_zs, h_ft - h_zs, ref=h_zs)
+    return cosine(h_icl - h_zs, h_ft - h_zs)
 
 
 def sim_am(m_icl: torch.Tensor, m_ft: torch.Tensor) -> torch.Tensor:
     """cos(m_ICL, m_FT): raw attention logits compared, not updates."""
-    return _cos(m_icl, m_ft)
+    return cosine(m_icl, m_ft)
 
 
 def sim_am_delta(m_icl: torch.Tensor, m_ft: torch.Tensor, m_zs: torch.Tensor) -> torch.Tensor:
     """cos(m_ICL - m_ZS, m_FT - m_ZS): the attention-logit updates compared."""
-    return _cos(m_icl - m_zs, m_ft - m_zs, ref=m_zs)
+    return cosine(m_icl - m_zs, m_ft - m_zs)
 
 
-def rec2ftp(icl: Sequence[float] | torch.Tensor, ft: Sequence[float] | torch.Tensor,
-            zs: Sequence[float] | torch.Tensor) -> float:
-    """Share of the examples fine-tuning improves over zero-shot that ICL improves too:
-    N[(FT > ZS) and (ICL > ZS)] / N[FT > ZS] (NaN when FT improves none)."""
-    icl, ft, zs = (torch.as_tensor(v, dtype=torch.float64) for v in (icl, ft, zs))
-    fixed = ft > zs
-    if not fixed.any():
-        return float("nan")
-    return float((fixed & (icl > zs)).sum() / fixed.sum())
+def rec2ftp(icl_correct, ft_correct, zs_correct) -> tuple[float, int]:
+    """Among queries zero-shot gets wrong and FT gets right, the share ICL gets right; and that
+    number of queries N (the value is NaN when N = 0)."""
+    icl, ft, zs = (torch.as_tensor(v, dtype=torch.bool) for v in (icl_correct, ft_correct,
+                                                                 zs_correct))
+    fixed = ft & ~zs
+    n = int(fixed.sum())
+    return (float((fixed & icl).sum()) / n if n else float("nan")), n
 
 
 def kendall(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor) -> float:
@@ -83,27 +92,34 @@ def kendall(a: Sequence[float] | torch.Tensor, b: Sequence[float] | torch.Tensor
 @dataclass
 class Recording:
     """Per test query: ``aou [n, layer, d_model]``; ``am`` one ``[layer, head, n_q]`` tensor per
-    query (query lengths differ); ``gold [n]`` the probability of the gold answer among the
-    choices; ``demo_attention`` (ICL only) one ``[layer, n_demo_tokens]`` tensor per query: the
-    last token's attention to the demonstration tokens, summed over heads; ``demo_queries``
-    (ICL only) ``[layer, head, n_demo_tokens, d_head]`` query vectors of those tokens."""
+    query; ``gold [n]`` the probability of the gold answer among the choices and ``correct [n]``
+    whether it is the most probable; ``last_q`` one ``[layer, head, d_head]`` per query (the last
+    token's query vectors, before rotary); ``demo_attention`` (ICL only) one ``[layer, n_tokens]``
+    per query: the last token's attention to each demonstration token, summed over heads."""
 
     aou: torch.Tensor
     am: list[torch.Tensor]
     gold: torch.Tensor
-    last_q: list[torch.Tensor] | None = None
+    correct: torch.Tensor
+    last_q: list[torch.Tensor]
     demo_attention: list[torch.Tensor] | None = None
-    demo_queries: torch.Tensor | None = None
-    demo_span: tuple[int, int] | None = None
+    demo_positions: list[int] | None = None
 
 
-def _capture(store: dict, names: Sequence[str], keep) -> list[tuple]:
-    """Forward hooks that store ``keep(name, act)`` under each hook's (alias) name."""
-    def hook(name):
-        def save(act, hook=None):
-            store[name] = keep(name, act)
-        return (name, save)
-    return [hook(name) for name in names]
+def demo_prefix(tokenizer, task: str, demos: Sequence[Example], header: bool = True
+                ) -> tuple[list[int], list[int]]:
+    """The ICL prefix tokenised piece by piece (header, then each demonstration and separator)
+    and the positions of the demonstrations' own tokens in it: exactly the tokens each
+    demonstration has in its fine-tuning pass (after any BOS)."""
+    head = header_text(task, header)
+    ids = encode(tokenizer, head + DEMO_SEP if head else "", first=True)
+    positions: list[int] = []
+    sep = encode(tokenizer, DEMO_SEP, first=False)
+    for d in demos:
+        own = encode(tokenizer, format_demo(d), first=False)
+        positions += list(range(len(ids), len(ids) + len(own)))
+        ids += own + sep
+    return ids, positions
 
 
 _RECORDED = ("hook_attn_out", "attn.hook_attn_scores", "attn.hook_pattern", "attn.hook_q")
@@ -114,58 +130,46 @@ def record(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Examp
            header: bool = True) -> Recording:
     """Run the queries (after the demonstrations, if any) and keep what the metrics need.
 
-    Queries of equal token length run as one batch; the demonstrations run once and reach every
-    batch through a copy of their KV cache, so no padding ever enters a forward.
+    Queries of equal token length run as one batch; the prefix runs once and reaches every
+    batch through a copy of its KV cache, so no padding ever enters a forward.
     """
-    from interp.analysis.patching import LAST_ONLY, length_groups
-
     if not queries or not queries[0].choices:
         raise ConfigError("alignment metrics need tasks with a closed answer set (choices)")
-    bridge, tok = model.bridge, model.tokenizer
-    L = model.n_layers
-    prefix = build_prompt(queries[0], demos, header).prefix
-    prefix_ids = encode(tok, prefix, first=True)
-    choice_ids = [_first_token(tok, answer_sep(queries[0].task) + c) for c in queries[0].choices]
-    past, demo_queries, demo_span = None, None, None
+    tok, L = model.tokenizer, model.n_layers
+    task = queries[0].task
+    prefix_ids, positions = demo_prefix(tok, task, demos, header)
+    choice_ids = [first_answer_token(tok, answer_sep(task) + c) for c in queries[0].choices]
+    past = None
     if prefix_ids:
-        ids = torch.tensor([prefix_ids], device=model.device)
-        span = (len(encode(tok, build_prompt(queries[0], (), header).prefix, True)),
-                len(prefix_ids))
-        store: dict = {}
-        hooks = _capture(store, [f"blocks.{l}.attn.hook_q" for l in range(L)] if demos else [],
-                         lambda _, a: a[0, slice(*span)].cpu())
-        _, past = bridge.run_with_hooks(ids, return_type="logits_and_cache",
-                                        fwd_hooks=hooks + [LAST_ONLY])
-        if demos:
-            demo_span = span
-            demo_queries = torch.stack([store[f"blocks.{l}.attn.hook_q"]
-                                        for l in range(L)]).permute(0, 2, 1, 3)
+        out = model.hf(input_ids=torch.tensor([prefix_ids], device=model.device),
+                       use_cache=True, logits_to_keep=1)
+        past = out.past_key_values
     q_ids = [encode(tok, q.input, first=not prefix_ids) for q in queries]
     n = len(queries)
     aou = torch.zeros(n, L, model.d_model)
     am: list = [None] * n
     last_q: list = [None] * n
     demo_att: list = [None] * n
-    gold = torch.zeros(n)
-    wanted = [r for r in _RECORDED if demo_span is not None or r != "attn.hook_pattern"]
+    gold, correct = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    wanted = [r for r in _RECORDED if demos or r != "attn.hook_pattern"]
+    pos = torch.tensor(positions, dtype=torch.long)
     for n_q, idx in length_groups(q_ids).items():
-        B = len(idx)
-        store = {}
+        store: dict = {}
 
-        def keep(name, act, n_q=n_q):
-            if name.endswith("hook_attn_scores"):
-                return act[:, :, -1, -n_q:].cpu()
-            if name.endswith("hook_pattern"):
-                return act[:, :, -1, slice(*demo_span)].sum(1).cpu()
-            return act[:, -1].cpu()
+        def keep(name, n_q=n_q):
+            def fn(act, hook=None):
+                if name.endswith("hook_attn_scores"):
+                    store[name] = act[:, :, -1, -n_q:].float().cpu()
+                elif name.endswith("hook_pattern"):
+                    store[name] = act[:, :, -1].sum(1)[:, pos.to(act.device)].float().cpu()
+                else:
+                    store[name] = act[:, -1].float().cpu()
+            return fn
 
-        hooks = _capture(store, [f"blocks.{l}.{r}" for r in wanted for l in range(L)], keep)
-        kwargs = {}
-        if past is not None:
-            kwargs["past_key_values"] = copy.deepcopy(past)
-            kwargs["past_key_values"].batch_repeat_interleave(B)
+        hooks = [(f"blocks.{l}.{r}", keep(f"blocks.{l}.{r}")) for r in wanted for l in range(L)]
+        batch_past = repeat_cache(past, len(idx)) if past is not None else None
         batch = torch.tensor([q_ids[i] for i in idx], device=model.device)
-        logits = bridge.run_with_hooks(batch, fwd_hooks=hooks + [LAST_ONLY], **kwargs)
+        logits = forward(model, batch, batch_past, hooks)
         probs = torch.softmax(logits[:, -1, choice_ids].float(), -1).cpu()
         layers = {r: torch.stack([store[f"blocks.{l}.{r}"] for l in range(L)], 1)
                   for r in wanted}  # [B, layer, ...]
@@ -173,52 +177,64 @@ def record(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Examp
             aou[i] = layers["hook_attn_out"][row]
             am[i] = layers["attn.hook_attn_scores"][row]
             last_q[i] = layers["attn.hook_q"][row]
-            if demo_span is not None:
+            if demos:
                 demo_att[i] = layers["attn.hook_pattern"][row]
-            gold[i] = probs[row, queries[i].choices.index(queries[i].target)]
-    return Recording(aou, am, gold, last_q, demo_att if demo_span else None, demo_queries,
-                     demo_span)
+            target = queries[i].choices.index(queries[i].target)
+            gold[i] = probs[row, target]
+            correct[i] = bool(probs[row].argmax() == target)
+    return Recording(aou, am, gold, correct, last_q, demo_att if demos else None,
+                     positions if demos else None)
 
 
-def _first_token(tok, text: str) -> int:
-    from interp.analysis.metrics import first_answer_token
-    return first_answer_token(tok, text)
-
-
-def compare(zs: Recording, icl: Recording, ft: Recording) -> dict:
-    """All metrics, per layer and averaged over layers (and heads, for the SimAM family).
-    Undefined cosines (an update of zero) are left out of the averages."""
-    def heads(values):  # [n, layer, head] -> [layer]
-        return torch.stack(values).nanmean(-1).nanmean(0)
-
+def compare(zs: Recording, icl: Recording, ft: Recording,
+            ft_queries: torch.Tensor | None = None, seed: int = 0) -> dict:
+    """All metrics, per layer and averaged over layers (and heads, for the SimAM family), with
+    how many updates were zero. ``ft_queries`` ``[layer, n_demo_tokens, head, d_head]`` are the
+    demonstrations' queries in their fine-tuning passes (for Kendall)."""
     per_layer = {
-        "SimAOU": sim_aou(icl.aou, ft.aou, zs.aou).nanmean(0),
-        "SimAOU_norm": sim_aou(icl.aou, ft.aou, zs.aou, normalize=True).nanmean(0),
-        "SimAM": heads([sim_am(i, f) for i, f in zip(icl.am, ft.am)]),
-        "SimAM_before": heads([sim_am(i, z) for i, z in zip(icl.am, zs.am)]),
-        "SimAM_delta": heads([sim_am_delta(i, f, z) for i, f, z in zip(icl.am, ft.am, zs.am)]),
+        "SimAOU": sim_aou(icl.aou, ft.aou, zs.aou).mean(0),
+        "SimAOU_norm": sim_aou(icl.aou, ft.aou, zs.aou, normalize=True).mean(0),
+        "SimAM": torch.stack([sim_am(i, f) for i, f in zip(icl.am, ft.am)]).mean(-1).mean(0),
+        "SimAM_before": torch.stack([sim_am(i, z) for i, z in zip(icl.am, zs.am)]).mean(-1)
+        .mean(0),
+        "SimAM_delta": torch.stack([sim_am_delta(i, f, z) for i, f, z in
+                                    zip(icl.am, ft.am, zs.am)]).mean(-1).mean(0),
     }
-    out = {name: float(v.nanmean()) for name, v in per_layer.items()}
-    out["Rec2FTP"] = rec2ftp(icl.gold, ft.gold, zs.gold)
-    if icl.demo_attention is not None and icl.demo_queries is not None:
-        out["Kendall"] = _kendall_icl_ft(icl)
+    out = {name: float(v.mean()) for name, v in per_layer.items()}
+    zeros = {
+        "aou_icl": int(zero_updates(icl.aou - zs.aou, zs.aou).sum()),
+        "aou_ft": int(zero_updates(ft.aou - zs.aou, zs.aou).sum()),
+        "am_icl": int(sum(zero_updates(i - z, z).sum() for i, z in zip(icl.am, zs.am))),
+        "am_ft": int(sum(zero_updates(f - z, z).sum() for f, z in zip(ft.am, zs.am))),
+    }
+    out["zero_updates"] = zeros
+    out["Rec2FTP"], out["Rec2FTP_N"] = rec2ftp(icl.correct, ft.correct, zs.correct)
+    if icl.demo_attention is not None and ft_queries is not None:
+        out["Kendall"], out["Kendall_random"] = kendall_icl_ft(icl, ft, ft_queries, seed)
     out["per_layer"] = {k: [round(float(x), 5) for x in v] for k, v in per_layer.items()}
     return out
 
 
-def _kendall_icl_ft(icl: Recording) -> float:
+def kendall_icl_ft(icl: Recording, ft: Recording, ft_queries: torch.Tensor,
+                   seed: int = 0) -> tuple[float, float]:
     """Kendall's tau between ICL's attention to the demonstration tokens (summed over heads) and
-    FT's implied attention to the same tokens as training tokens, sum_h q'_h . q_h (Dai et al.),
-    with q' the demonstration tokens' queries; averaged over queries and layers."""
-    taus = []
-    for att, q_last in zip(icl.demo_attention, icl.last_q):
-        implied = torch.einsum("lhtd,lhd->lt", icl.demo_queries.float(), q_last.float())
-        taus.extend(kendall(att[l], implied[l]) for l in range(att.shape[0]))
-    return float(torch.tensor(taus).mean())
+    FT's implied attention sum_h Q'_h . q_h (Q' from the fine-tuning passes, q the FT model's
+    last-token queries), averaged over queries and layers; and the same against random
+    attention (the baseline)."""
+    if ft_queries.shape[1] != icl.demo_attention[0].shape[-1]:
+        raise ConfigError("fine-tuning-pass queries and ICL demonstration tokens do not align")
+    gen = torch.Generator().manual_seed(seed)
+    taus, random_taus = [], []
+    for att, q_last in zip(icl.demo_attention, ft.last_q):
+        implied = torch.einsum("lthd,lhd->lt", ft_queries.float(), q_last.float())
+        for l in range(att.shape[0]):
+            taus.append(kendall(att[l], implied[l]))
+            random_taus.append(kendall(att[l], torch.rand(att.shape[-1], generator=gen)))
+    return float(torch.tensor(taus).mean()), float(torch.tensor(random_taus).mean())
 
 
 def random_update(zs: Recording, icl: Recording, seed: int = 0) -> float:
     """SimAOU of the ICL update against a random direction u ~ U[0, 1) (Dai et al.'s baseline)."""
     gen = torch.Generator().manual_seed(seed)
     u = torch.rand(icl.aou.shape, generator=gen)
-    return float(_cos(icl.aou - zs.aou, u).nanmean())
+    return float(cosine(icl.aou - zs.aou, u).mean())

@@ -1,9 +1,14 @@
-"""Attribution patching: the first-order estimate of activation patching.
+"""Attribution patching (the first-order estimate of activation patching) and direct logit
+attribution.
 
 effect(component) = (a_source - a_target) . d metric / d a  at the target run, from one source
 forward, one target forward and one backward pass for the whole batch (Nanda; Syed et al. 2023).
 In the default ``denoise`` direction the source is the clean run and the target the corrupt one,
 so the effect estimates ``patched - corrupt`` of :func:`interp.analysis.patching.activation_patch`.
+
+Positions before the first token where clean and corrupt differ have identical activations in
+both runs and contribute nothing; they are computed once, shared through the KV cache, and no
+gradient flows through them (for ICL prompts, that is the whole demonstration prefix).
 """
 
 from __future__ import annotations
@@ -12,8 +17,12 @@ import warnings
 
 import torch
 
-from interp.analysis.patching import COMPONENTS, grid_shape
-from interp.errors import ConfigError
+from interp.arch import b_o as output_bias
+from interp.arch import final_norm, head_writes, layer_module, rms_gain, unwrap, w_o
+from interp.analysis.components import KINDS, kind
+from interp.analysis.patching import first_difference
+from interp.engine import forward, prefix_cache, repeat_cache
+from interp.errors import ConfigError, UnsupportedError
 from interp.models import LoadedModel
 
 
@@ -38,37 +47,41 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
                            with_metric: bool = False) -> dict[str, torch.Tensor]:
     """Several component kinds from the same two forwards and one backward:
     ``{component: [*grid, batch]}``; with ``with_metric`` also the unpatched metrics ``source``
-    and ``target`` (``[batch]``) those forwards computed anyway."""
-    bad = [c for c in components if c not in COMPONENTS]
-    if bad:
-        raise ConfigError(f"unknown component {bad[0]!r}; choose one of {', '.join(COMPONENTS)}")
-    bridge = model.bridge
+    and ``target`` (``[batch]``) those forwards computed anyway. The metric sees logits of the
+    last position only, ``[batch, 1, vocab]``."""
+    if clean.shape != corrupt.shape:
+        raise ConfigError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} differ")
+    if direction not in ("denoise", "noise"):
+        raise ConfigError(f"direction must be 'denoise' or 'noise', got {direction!r}")
+    specs = [kind(c) for c in components]
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
-    names = list(dict.fromkeys(COMPONENTS[c].format(l) for c in components
-                               for l in range(model.n_layers)))
+    B, T = target.shape
+    start = min(first_difference(clean, corrupt), T - 1)
+    cache = prefix_cache(model, target[:, :start]) if start else None
+
+    def past():
+        return repeat_cache(cache, 1) if cache is not None else None
+
+    names = list(dict.fromkeys(n for s in specs for n in s.hook_names(model.n_layers)))
+    src: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        source_logits, cache = bridge.run_with_cache(source, names_filter=lambda n: n in names)
+        source_logits = forward(model, source[:, start:], past(), _keepers(src, names))
     acts: dict[str, torch.Tensor] = {}
     with torch.enable_grad():
-        logits = bridge.run_with_hooks(target, fwd_hooks=_keepers(acts, names))
+        logits = forward(model, target[:, start:], past(), _keepers(acts, names))
         values = metric(logits)
         # examples are independent: d sum / d a_b = d m_b / d a_b; no parameter gradients
         grads = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
-    B, T = target.shape
     out = {}
-    for component in components:
+    for spec in specs:
         per_layer = []
-        for l in range(model.n_layers):
-            name = COMPONENTS[component].format(l)
-            delta = (cache[name] - acts[name].detach()) * grads[name]
-            if component == "heads":
-                per_layer.append(delta.sum(dim=(1, 3)).T)             # [head, batch]
-            elif component == "heads_pos":
-                per_layer.append(delta.sum(dim=3).permute(2, 1, 0))   # [head, pos, batch]
-            else:
-                per_layer.append(delta.sum(dim=2).T)                  # [pos, batch]
-        out[component] = torch.stack(per_layer).float().cpu().reshape(
-            *grid_shape(model, component, T), B)
+        for name in spec.hook_names(model.n_layers):
+            per_layer.append(spec.reduce((src[name] - acts[name].detach()) * grads[name]))
+        scores = torch.stack(per_layer).float().cpu()
+        if spec.per_position and start:   # positions before ``start`` have no effect
+            pad = torch.zeros(*scores.shape[:-2], start, B)
+            scores = torch.cat([pad, scores], dim=-2)
+        out[spec.name] = scores.reshape(*spec.grid_shape(model.n_layers, model.n_heads, T), B)
     if with_metric:
         out["source"] = metric(source_logits).detach().float().cpu()
         out["target"] = values.detach().float().cpu()
@@ -83,22 +96,23 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
                              position: int = -1) -> dict[str, torch.Tensor]:
     """Each component's direct contribution to ``logit[answer] - logit[foil]`` at ``position``.
 
-    A component's output is read straight through the final norm (its scale frozen at the
-    run's value, the usual convention) and the unembedding. Returns ``heads [layer, head, batch]``,
-    ``mlp [layer, batch]``, ``embed [batch]``, ``rest [batch]`` (attention biases and the
-    unembedding bias) and ``total [batch]`` (the logit difference itself); the parts sum to
-    ``total``. Pre-norm decoders only (Llama, Qwen, Mistral): a norm after attention makes a
-    head's direct path non-linear.
+    A component's write into the residual stream is read straight through the final norm (its
+    scale frozen at the run's value, the usual convention) and the unembedding; through Gemma's
+    post-attention norm, likewise with that norm's scale frozen, so the heads' parts sum to
+    what attention adds. Returns ``heads [layer, head, batch]``, ``mlp [layer, batch]``,
+    ``embed [batch]``, ``bias [batch]`` (attention output biases), ``final_bias [batch]`` (the
+    final norm's bias through the unembedding), ``total [batch]`` (the logit difference
+    itself) and ``rest [batch]``: total minus every part, zero up to rounding (tested).
     """
-    if any(hasattr(layer, "post_attention_layernorm") and hasattr(layer, "pre_feedforward_layernorm")
-           for layer in model.hf.model.layers[:1]):
-        raise ConfigError(f"{model.spec}: per-head direct logit attribution needs a pre-norm "
-                          "decoder without post-attention norms (Llama, Qwen, Mistral)")
-    bridge = model.bridge
-    L = model.n_layers
-    names = ([f"blocks.{l}.attn.hook_z" for l in range(L)] +
-             [f"blocks.{l}.hook_mlp_out" for l in range(L)] +
-             [f"blocks.{l}.hook_attn_out" for l in range(L)] + ["blocks.0.hook_resid_pre"])
+    a = model.adapter
+    a.require("dla")
+    if getattr(model.hf.config, "final_logit_softcapping", None):
+        raise UnsupportedError(f"model type {a.model_type!r} does not support direct logit "
+                               "attribution: its logits are soft-capped (not linear in the "
+                               "residual stream)")
+    bridge, hf, L = model.bridge, model.hf, model.n_layers
+    names = ([KINDS["heads"].hook_name(l) for l in range(L)] +
+             [KINDS["mlp"].hook_name(l) for l in range(L)] + [KINDS["resid"].hook_name(0)])
     acts: dict[str, torch.Tensor] = {}
     hooks = _keepers(acts, names + ["ln_final.hook_in"])
     hooks.append(("ln_final.hook_scale", _frozen))
@@ -107,23 +121,49 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
         logits = bridge.run_with_hooks(tokens, fwd_hooks=hooks)
         rows = torch.arange(tokens.shape[0], device=logits.device)
         last = logits[:, position]
-        metric = (last[rows, torch.as_tensor(answer_ids, device=logits.device)] -
-                  last[rows, torch.as_tensor(foil_ids, device=logits.device)])
+        answer = torch.as_tensor(answer_ids, device=logits.device)
+        foil = torch.as_tensor(foil_ids, device=logits.device)
+        metric = last[rows, answer] - last[rows, foil]
         (grad,) = torch.autograd.grad(metric.sum(), acts["ln_final.hook_in"])
-    u = grad[:, position].detach()                                          # [batch, d_model]
+    u = grad[:, position].detach().float()                                # [batch, d_model]
     with torch.no_grad():
-        heads, mlp, attn = [], [], []
+        heads, mlp, bias = [], [], torch.zeros(tokens.shape[0])
         for l in range(L):
-            z = acts[f"blocks.{l}.attn.hook_z"][:, position].detach()       # [batch, head, d_head]
-            w_o = bridge.blocks[l].attn.o.weight.detach()                   # [d_model, head*d_head]
-            w_o = w_o.view(w_o.shape[0], model.n_heads, -1)
-            heads.append(torch.einsum("bhe,dhe,bd->hb", z, w_o, u))
-            mlp.append((acts[f"blocks.{l}.hook_mlp_out"][:, position].detach() * u).sum(-1))
-            attn.append((acts[f"blocks.{l}.hook_attn_out"][:, position].detach() * u).sum(-1))
-        heads, mlp, attn = torch.stack(heads), torch.stack(mlp), torch.stack(attn)
-        embed = (acts["blocks.0.hook_resid_pre"][:, position].detach() * u).sum(-1)
-        total = metric.detach()
-        rest = total - heads.sum((0, 1)) - mlp.sum(0) - embed
-    return {k: v.float().cpu() for k, v in
-            {"heads": heads, "mlp": mlp, "embed": embed, "rest": rest, "total": total,
-             "attn": attn}.items()}
+            z = acts[KINDS["heads"].hook_name(l)][:, position].detach().float()  # [b, head, e]
+            w = w_o(hf, l).detach().float()
+            b_o = output_bias(hf, l)
+            raw = torch.einsum("bhe,dhe->bd", z, w)
+            if b_o is not None:
+                raw = raw + b_o.detach().float()
+            writes = head_writes(hf, l, z, attn_out=raw).float()         # [b, head, d]
+            heads.append(torch.einsum("bhd,bd->hb", writes, u).cpu())
+            if b_o is not None:
+                gain = 1.0
+                if a.post_attn_norm is not None:
+                    gain = rms_gain(layer_module(hf, l, a.post_attn_norm), raw,
+                                         a.norm_offset)
+                bias += ((b_o.detach().float() * gain) * u).sum(-1).cpu()
+            mlp_out = acts[KINDS["mlp"].hook_name(l)][:, position].detach().float()
+            mlp.append((mlp_out * u).sum(-1).cpu())
+        embed = (acts[KINDS["resid"].hook_name(0)][:, position].detach().float() * u).sum(-1)
+        final_bias = _final_bias(model, answer, foil)
+        heads, mlp = torch.stack(heads), torch.stack(mlp)
+        total = metric.detach().float().cpu()
+        rest = total - heads.sum((0, 1)) - mlp.sum(0) - embed.cpu() - bias - final_bias
+    return {"heads": heads, "mlp": mlp, "embed": embed.cpu(), "bias": bias,
+            "final_bias": final_bias, "total": total, "rest": rest}
+
+
+def _final_bias(model: LoadedModel, answer: torch.Tensor, foil: torch.Tensor) -> torch.Tensor:
+    """What the final norm's bias (LayerNorm models) and the unembedding's bias add to the
+    logit difference: ``[batch]`` (zeros for RMSNorm models)."""
+    hf = model.hf
+    head = unwrap(hf.get_output_embeddings())
+    w = head.weight.detach().float()
+    out = torch.zeros(len(answer))
+    norm_bias = getattr(final_norm(hf), "bias", None)
+    if norm_bias is not None:
+        out += (w[answer.cpu()] - w[foil.cpu()]).to(norm_bias.device) @ norm_bias.detach().float()
+    if getattr(head, "bias", None) is not None:
+        out += (head.bias[answer] - head.bias[foil]).detach().float().cpu()
+    return out

@@ -13,6 +13,11 @@ from typing import Callable, Sequence
 
 import torch
 
+from interp.analysis.components import kind as component_kind
+from interp.analysis.metrics import logit_diff
+from interp.engine import length_groups
+from interp.analysis.patching import run_metric, sweep
+from interp.analysis.results import PatchResult
 from interp.errors import ConfigError
 from interp.models import LoadedModel
 
@@ -35,20 +40,15 @@ def cross_model_patch(target: LoadedModel, source: LoadedModel, tokens: Sequence
     whose ``clean`` is the source model's metric and ``corrupt`` the target's, so
     ``normalized`` = (patched - target) / (source - target). Position components are aligned on
     the final token, as in :func:`~interp.analysis.patching.patch_pairs`."""
-    from interp.analysis.metrics import logit_diff
-    from interp.analysis.patching import (COMPONENTS, component_grid, length_groups, run_metric,
-                                          sweep)
-    from interp.analysis.results import PatchResult
-
     check_compatible(target, source)
-    component_grid(target, component, 1)  # validates the name
+    spec = component_kind(component)
     if metric_for is None:
         def metric_for(idx):
             return logit_diff([tokens[i]["answer_id"] for i in idx],
                               [tokens[i]["foil_id"] for i in idx])
     groups = length_groups(tokens)
-    keep = min(groups) if component != "heads" else None
-    hooks = {COMPONENTS[component].format(l) for l in range(target.n_layers)}
+    keep = min(groups) if spec.per_position else None
+    hooks = set(spec.hook_names(target.n_layers))
     parts, order, src_m, tgt_m = [], [], [], []
     for n_pos, idx in groups.items():
         batch = torch.stack([tokens[i]["clean"] for i in idx]).to(target.device)

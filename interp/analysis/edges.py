@@ -21,24 +21,20 @@ from typing import Callable, Sequence
 
 import torch
 
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from interp.arch import layers as decoder_layers
+from interp.arch import resolve, unwrap
 from interp.errors import ConfigError
 from interp.models import LoadedModel
+from interp.results import Result
 
-SUPPORTED = {"llama", "qwen2", "mistral"}
 KINDS = ("q", "k", "v")
-
-
-def _check(model: LoadedModel) -> None:
-    kind = model.hf.config.model_type
-    if kind not in SUPPORTED:
-        raise ConfigError(f"edge attribution runs on {', '.join(sorted(SUPPORTED))} decoders, "
-                          f"not {kind!r}")
 
 
 def _weights(module, name: str):
     """A projection's weight and bias, whether or not a TransformerBridge wraps the module."""
-    proj = getattr(module, name)
-    proj = getattr(proj, "original_component", proj)
+    proj = resolve(module, name)
     return proj.weight, proj.bias
 
 
@@ -46,12 +42,10 @@ def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = N
     """Logits ``[B, T, V]`` and the senders' outputs: ``embed [B, T, d]``, ``heads [L, B, T, H,
     d]``, ``mlp [L, B, T, d]``. ``deltas`` (optional) are added to the receivers' inputs:
     ``q``, ``k``, ``v`` ``[L, B, T, H, d]``, ``mlp [L, B, T, d]``, ``out [B, T, d]``."""
-    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
-    _check(model)
+    model.adapter.require("edges")
+    adapter = model.adapter
     hf = model.hf
-    inner = hf.model
-    inner = getattr(inner, "original_component", inner)
+    inner = unwrap(hf.model)
     H, G, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
     group = torch.arange(H, device=ids.device) // (H // G)     # query head -> its KV group
     B, T = ids.shape
@@ -60,9 +54,9 @@ def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = N
     positions = torch.arange(T, device=ids.device)[None]
     cos, sin = inner.rotary_emb(x, position_ids=positions)
     mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
-    for l, layer in enumerate(inner.layers):
-        layer = getattr(layer, "original_component", layer)
-        attn = getattr(layer.self_attn, "original_component", layer.self_attn)
+    for l, layer in enumerate(decoder_layers(hf)):
+        layer = unwrap(layer)
+        attn = unwrap(layer.self_attn)
         per_head = {}
         for kind in KINDS:
             xin = x[:, :, None, :].expand(B, T, H, d)
@@ -76,7 +70,9 @@ def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = N
             if kind != "q":                                   # expand KV groups per query head
                 w, b = w[group], (b[group] if b is not None else None)
             out = torch.einsum("bthd,hed->bhte", normed, w)
-            per_head[kind] = out + b[None, :, None] if b is not None else out
+            out = out + b[None, :, None] if b is not None else out
+            norm = {"q": adapter.q_norm, "k": adapter.k_norm}.get(kind)
+            per_head[kind] = resolve(layer, norm)(out) if norm else out   # Qwen3 q/k norms
         q, k = apply_rotary_pos_emb(per_head["q"], per_head["k"], cos, sin)
         scores = q @ k.transpose(-1, -2) * attn.scaling + mask
         pattern = torch.softmax(scores.float(), -1).to(q.dtype)
@@ -97,7 +93,7 @@ def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = N
 
 
 @dataclass
-class EdgeScores:
+class EdgeScores(Result):
     """Per pair, edges by receiver: ``heads [L, H, 3 (q, k, v), S, B]``, ``mlp [L, S, B]``,
     ``logits [S, B]`` over senders ``S = 1 + L * H + L`` (embeddings, heads layer-major, MLPs).
     Edges whose sender is not upstream of the receiver are 0 (``valid`` masks them)."""
@@ -107,6 +103,8 @@ class EdgeScores:
     logits: torch.Tensor
     n_layers: int
     n_heads: int
+
+    file_stem = "edges"
 
     def sender_names(self) -> list[str]:
         L, H = self.n_layers, self.n_heads
@@ -147,6 +145,27 @@ class EdgeScores:
         rows.sort(key=lambda r: -abs(r[0]))
         return [{"sender": a, "receiver": b, "score": v, "index": i}
                 for v, a, b, i in rows[:k]]
+
+
+    def to_frame(self):
+        """One row per valid edge: ``component`` (``sender->receiver``), sender, receiver and
+        the mean score over pairs (``value``)."""
+        import pandas as pd
+
+        rows = [{"component": f"{r['sender']}->{r['receiver']}", "sender": r["sender"],
+                 "receiver": r["receiver"], "value": r["score"]} for r in self.ranked()]
+        return pd.DataFrame(rows)
+
+    def _tensors(self):
+        return {"heads": self.heads, "mlp": self.mlp, "logits": self.logits}
+
+    def _meta(self):
+        return {"n_layers": self.n_layers, "n_heads": self.n_heads}
+
+    @classmethod
+    def _from(cls, tensors, meta):
+        return cls(tensors["heads"], tensors["mlp"], tensors["logits"], meta["n_layers"],
+                   meta["n_heads"])
 
 
 def _senders_flat(senders: dict) -> torch.Tensor:

@@ -1,9 +1,10 @@
-"""Counterfactual (clean, corrupt) prompt pairs whose answers differ and whose token lengths match.
+"""Counterfactual prompt pairs, and patching a list of them.
 
-Each family edits one detail of a pattern example so the answer flips: the trailing term of a
-Boolean expression, Z's name in a relation, one subset bit of a parity sequence, the first term
-of S in an expression, the constant of ``function2`` in a program. Under ICL both members share
-the same demonstrations.
+A pair is a clean and a corrupt prompt of equal token length whose answers differ. Each task
+family declares two edits (see :class:`interp.tasks.TaskFamily`): ``counterfactual`` (the
+shortcut and the full rule agree on both prompts; what ``kind="counterfactual"`` builds) and
+``separating`` (they disagree: the rule's answer changes, the shortcut's does not;
+``kind="separating"``). Under ICL both members share the same demonstrations.
 """
 
 from __future__ import annotations
@@ -13,69 +14,52 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from tqdm.auto import tqdm
 
-from interp.analysis.metrics import first_answer_token
+from interp.analysis.attribution import attribution_patch
+from interp.analysis.components import kind as component_kind
+from interp.analysis.metrics import first_answer_token, logit_diff
+from interp.engine import length_groups
+from interp.analysis.patching import activation_patch, run_metric
+from interp.analysis.results import PatchResult
 from interp.errors import ConfigError, TaskError
+from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt
-from interp.tasks import Example, generate
+from interp.tasks import Example, generate, get_task
+
+PAIR_KINDS = ("counterfactual", "separating")
+PAIR_FIELDS = ("clean", "corrupt", "answer", "foil")
 
 
-def _flip(ex: Example, rng: random.Random) -> tuple[str, str] | None:
-    """(corrupt input, corrupt target) or None when this example has no clean edit."""
-    text, meta = ex.input, ex.meta
-    if ex.task == "boolean":
-        swap = {" and False\n": " or True\n", " or True\n": " and False\n"}
-        old = next(k for k in swap if k in text)
-        return text.replace(old, swap[old]), "True" if ex.target == "False" else "False"
-    if ex.task == "relation":
-        if ex.target != "True":
-            return None
-        used = {c for e in meta["edges"] for c in e}
-        free = [c for c in "BCDEFGHIJKLMNOPQRSTUVWXY" if c not in used]
-        lines = text.split("\n")
-        body = [ln.replace("Z", rng.choice(free)) for ln in lines[:-2]]
-        return "\n".join(body + lines[-2:]), "False"
-    if ex.task == "parity":
-        bits = list(meta["bits"])
-        bits[meta["subset"][0]] ^= 1
-        head = "Sequence: " + " ".join(map(str, bits))
-        return head + "\n" + text.split("\n", 1)[1], "even" if ex.target == "odd" else "odd"
-    if ex.task == "expression":
-        s = meta["s"]
-        for new in rng.sample(range(10), 10):
-            target = str(new + sum(s[1:]))
-            if 0 <= s[0] <= 9 and target[0] != ex.target[0]:
-                expr = meta["expression"]
-                return f"({new}" + expr[len(f'({s[0]}'):] + "=", target
-        return None
-    if ex.task == "code":
-        from interp.tasks.code import run_program
-
-        src, k = meta["source"], meta["k"]
-        old = f"return z {meta['op']} {k}"
-        for new in rng.sample(range(1, 10), 9):
-            cand = src.replace(old, f"return z {meta['op']} {new}")
-            out = run_program(cand)
-            if out[:1] != ex.target[:1]:
-                return cand + "\nOutput:", out
-        return None
-    raise TaskError(f"no counterfactual pairs for task {ex.task!r}")
+def pair_sources(task: str, n: int, seed: int = 0, split: str = "test",
+                 kind: str = "counterfactual", **knobs) -> list[tuple[Example, str, str]]:
+    """Up to ``n`` (example, corrupt input, corrupt answer) triples of one edit kind, drawn
+    from a pool 4n + 8 examples deep (the condition each edit applies to)."""
+    if kind not in PAIR_KINDS:
+        raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    family = get_task(task)
+    edit = family.counterfactual if kind == "counterfactual" else family.separating
+    pattern = True if kind == "counterfactual" else family.separating_on_pattern
+    rng = random.Random(f"pairs|{task}|{kind}|{seed}")
+    out = []
+    for ex in generate(task, 4 * n + 8, seed=seed, split=split, pattern=pattern, **knobs):
+        changed = edit(ex, rng)
+        if changed is not None and changed.target != ex.target:
+            out.append((ex, changed.input, changed.target))
+    return out
 
 
 def task_pairs(task: str, n: int, seed: int = 0, split: str = "test",
-               demos: Sequence[Example] = (), header: bool | str = True,
-               tokenizer=None) -> list[dict]:
-    """n text pairs ``{"clean", "corrupt", "answer", "foil"}`` from pattern examples."""
-    rng = random.Random(f"pairs|{task}|{seed}")
-    pool = generate(task, 4 * n + 8, seed=seed, split=split, pattern=True)
+               demos: Sequence[Example] = (), header: bool | str = True, tokenizer=None,
+               kind: str = "counterfactual", **knobs) -> list[dict]:
+    """n text pairs ``{"clean", "corrupt", "answer", "foil", "id"}`` of one edit kind. With a
+    ``tokenizer``, pairs whose prompts tokenise to different lengths, or whose answers share
+    their first token, are skipped."""
     out = []
-    for ex in pool:
-        flipped = _flip(ex, rng)
-        if flipped is None:
-            continue
-        corrupt_input, foil = flipped
+    sep = answer_sep(task)
+    for ex, corrupt_input, foil in pair_sources(task, n, seed, split, kind, **knobs):
         prefix = build_prompt(ex, demos, header).prefix
-        sep = answer_sep(task)
         pair = {"clean": prefix + ex.input, "corrupt": prefix + corrupt_input,
                 "answer": sep + ex.target, "foil": sep + foil, "id": ex.id}
         if tokenizer is not None:
@@ -86,37 +70,123 @@ def task_pairs(task: str, n: int, seed: int = 0, split: str = "test",
         out.append(pair)
         if len(out) == n:
             return out
-    raise TaskError(f"could only build {len(out)} of {n} {task} pairs; ask for fewer")
+    raise TaskError(f"could only build {len(out)} of {n} {task} {kind} pairs; ask for fewer")
+
+
+def check_pair(row, where: str) -> dict:
+    """A pair row with string fields, non-empty answers that differ; else a one-line error."""
+    if not isinstance(row, dict):
+        raise ConfigError(f"{where}: a pair must be a JSON object")
+    missing = [k for k in PAIR_FIELDS if k not in row]
+    if missing:
+        raise ConfigError(f"{where}: missing {', '.join(missing)}")
+    for key in PAIR_FIELDS:
+        if not isinstance(row[key], str):
+            raise ConfigError(f"{where}: {key!r} must be a string, got {type(row[key]).__name__}")
+    for key in ("clean", "corrupt", "answer", "foil"):
+        if not row[key].strip():
+            raise ConfigError(f"{where}: {key!r} is empty")
+    if row["answer"].strip() == row["foil"].strip():
+        raise ConfigError(f"{where}: answer and foil are the same ({row['answer']!r}); the "
+                          "logit difference between them is always 0")
+    return row
 
 
 def read_pairs(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"no such pairs file: {path}")
     rows = []
-    for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}:{lineno}: not JSON") from exc
-        missing = {"clean", "corrupt", "answer", "foil"} - set(row)
-        if missing:
-            raise ConfigError(f"{path}:{lineno}: missing {', '.join(sorted(missing))}")
-        rows.append(row)
+        rows.append(check_pair(row, f"{path}:{lineno}"))
     if not rows:
         raise ConfigError(f"{path} holds no pairs")
     return rows
 
 
-def tokenize_pairs(model, pairs: Sequence[dict]) -> list[dict]:
+def tokenize_pairs(model: LoadedModel, pairs: Sequence[dict]) -> list[dict]:
     """Tokenise as ``TransformerBridge.to_tokens`` does by default (BOS prepended)."""
     bridge, tok = model.bridge, model.tokenizer
     out = []
     for i, p in enumerate(pairs):
+        check_pair(p, f"pair {i}")
         clean, corrupt = bridge.to_tokens(p["clean"])[0], bridge.to_tokens(p["corrupt"])[0]
         if clean.shape != corrupt.shape:
             raise ConfigError(f"pair {i}: clean and corrupt tokenise to {clean.shape[0]} and "
                               f"{corrupt.shape[0]} tokens; they must match")
-        out.append({"clean": clean.cpu(), "corrupt": corrupt.cpu(),
-                    "answer_id": first_answer_token(tok, p["answer"]),
-                    "foil_id": first_answer_token(tok, p["foil"])})
+        answer, foil = first_answer_token(tok, p["answer"]), first_answer_token(tok, p["foil"])
+        if answer == foil:
+            raise ConfigError(f"pair {i}: answer {p['answer']!r} and foil {p['foil']!r} start "
+                              "with the same token, so their logit difference is always 0")
+        out.append({"clean": clean.cpu(), "corrupt": corrupt.cpu(), "answer_id": answer,
+                    "foil_id": foil, "id": p.get("id", str(i))})
     return out
+
+
+def _stack(tokens: Sequence[dict], idx, key: str, device) -> torch.Tensor:
+    return torch.stack([tokens[i][key] for i in idx]).to(device)
+
+
+def patch_pairs(model: LoadedModel, pairs: Sequence[dict], component: str = "heads",
+                method: str = "activation", direction: str = "denoise", metric=None,
+                chunk: int | None = None, progress: bool = False) -> PatchResult:
+    """Patch pairs of any lengths; returns a :class:`PatchResult` with per-pair scores
+    ``[*grid, n_pairs]``.
+
+    ``pairs`` are text pairs ``{"clean", "corrupt", "answer", "foil"}`` (tokenised here) or
+    tokenised ones from :func:`tokenize_pairs`. Pairs are grouped by token length, so no padding
+    ever enters a forward. Position-indexed components (``resid``, ``attn``, ``mlp``,
+    ``heads_pos``) over pairs of several lengths are aligned on the last token: position -1 is
+    every prompt's final token, and the grid keeps as many positions as the shortest prompt has
+    (``result.positions`` holds the offsets). ``metric(idx)``, if given, builds the metric for
+    the pairs ``idx`` of one length group (default: logit difference answer - foil).
+    """
+    if method not in ("activation", "attribution"):
+        raise ConfigError(f"method must be 'activation' or 'attribution', got {method!r}")
+    spec = component_kind(component)
+    if not pairs:
+        raise ConfigError("no pairs to patch")
+    if isinstance(pairs[0].get("clean"), str):
+        pairs = tokenize_pairs(model, pairs)
+    for i, p in enumerate(pairs):
+        if p["clean"].shape != p["corrupt"].shape:
+            raise ConfigError(f"pair {i}: clean and corrupt token lengths differ")
+    groups = length_groups(pairs)
+    width = min(groups)
+    scores, clean_base, corrupt_base = {}, {}, {}
+    bar = tqdm(total=len(pairs), desc=f"{method} {component}", disable=not progress)
+    for length, idx in sorted(groups.items()):
+        clean = _stack(pairs, idx, "clean", model.device)
+        corrupt = _stack(pairs, idx, "corrupt", model.device)
+        if metric is None:
+            m = logit_diff([pairs[i]["answer_id"] for i in idx],
+                           [pairs[i]["foil_id"] for i in idx])
+        else:
+            m = metric(idx)
+        c, k = run_metric(model, clean, m), run_metric(model, corrupt, m)
+        if method == "activation":
+            s = activation_patch(model, clean, corrupt, m, component, direction, chunk)
+        else:  # estimated patched metric = target baseline + first-order effect
+            s = attribution_patch(model, clean, corrupt, m, component, direction)
+            s = s + (k if direction == "denoise" else c)
+        if spec.per_position:
+            s = s[..., length - width:, :]
+        for j, i in enumerate(idx):
+            scores[i], clean_base[i], corrupt_base[i] = s[..., j], c[j], k[j]
+        bar.update(len(idx))
+    bar.close()
+    order = range(len(pairs))
+    positions = None
+    if spec.per_position:
+        positions = list(range(width)) if len(groups) == 1 else list(range(-width, 0))
+    return PatchResult(component, method, direction,
+                       torch.stack([scores[i] for i in order], dim=-1),
+                       torch.stack([clean_base[i] for i in order]),
+                       torch.stack([corrupt_base[i] for i in order]), positions,
+                       meta={"ids": [p.get("id", str(i)) for i, p in enumerate(pairs)]})

@@ -6,28 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-
-def bootstrap_means(values: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
-    """Means of ``n_boot`` resamples (with replacement) of the last axis: ``[*lead, n_boot]``.
-
-    Resampling is done with multinomial count weights, so a grid of any size costs one matmul.
-    """
-    n = values.shape[-1]
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, n, (n_boot, n), generator=gen)
-    weights = torch.zeros(n_boot, n).scatter_add_(1, idx, torch.ones(n_boot, n)) / n
-    return values.double() @ weights.double().T
-
-
-def bootstrap_ci(values: torch.Tensor, level: float = 0.95, n_boot: int = 1000,
-                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Percentile interval of the mean over the last axis: ``(low, high)``, each ``[*lead]``."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    means = bootstrap_means(values, n_boot, seed)
-    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=means.dtype)
-    low, high = torch.quantile(means, q, dim=-1)
-    return low.float(), high.float()
+from interp.analysis.components import kind
+from interp.results import Result
+from interp.stats import bootstrap_ci, bootstrap_means, percentile_ci
 
 
 def normalize(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor,
@@ -40,12 +21,13 @@ def normalize(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor,
 
 
 @dataclass
-class PatchResult:
+class PatchResult(Result):
     """Scores of one component sweep over n pairs.
 
     ``scores[..., i]`` is the metric of pair i's patched run (for attribution: the estimate of
     it, corrupt baseline + first-order effect); ``clean``/``corrupt`` are the unpatched metrics.
-    ``mean`` is what ``transformer_lens.patching`` returns for the same batch.
+    ``mean`` is what ``transformer_lens.patching`` returns for the same batch. ``to_frame()``
+    has one row per component: ``value`` = mean, its bootstrap interval, and ``normalized``.
     """
 
     component: str
@@ -56,6 +38,8 @@ class PatchResult:
     corrupt: torch.Tensor
     positions: list[int] | None = None
     meta: dict = field(default_factory=dict)
+
+    file_stem = "patch"
 
     @property
     def n(self) -> int:
@@ -80,11 +64,9 @@ class PatchResult:
                                 seed)
         patched, c, k = means[:-2], means[-2], means[-1]
         denom = torch.where((c - k).abs() < 1e-8, torch.full_like(c, 1e-8), c - k)
-        ratios = (patched - k) / denom
-        q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=ratios.dtype)
-        low, high = torch.quantile(ratios, q, dim=-1)
+        low, high = percentile_ci((patched - k) / denom, level)
         shape = self.scores.shape[:-1]
-        return low.float().reshape(shape), high.float().reshape(shape)
+        return low.reshape(shape), high.reshape(shape)
 
     def baselines(self, n_boot: int = 1000, seed: int = 0) -> dict:
         out = {}
@@ -104,14 +86,37 @@ class PatchResult:
                 f"{c}_normalized_ci_low": nlow, f"{c}_normalized_ci_high": nhigh,
                 f"{c}_per_pair": self.scores}
 
-    def top(self, k: int = 10, normalized: bool = True) -> list[dict]:
-        """The k components with the largest absolute effect, with their indices."""
-        values = self.normalized if normalized else self.mean - self.corrupt.mean()
-        flat = values.flatten()
-        order = flat.abs().argsort(descending=True)[:k]
-        shape = values.shape
+    def to_frame(self, n_boot: int = 1000, seed: int = 0):
+        import pandas as pd
+
+        spec = kind(self.component)
+        L = self.scores.shape[0]
+        H = self.scores.shape[1] if spec.per_head else 1
+        positions = self.positions if spec.per_position else None
+        if spec.per_position and positions is None:
+            positions = list(range(self.scores.shape[-2]))
+        names = spec.names(L, H, positions)
+        grid = spec.grid(L, H, len(positions) if positions else 1)
+        low, high = self.ci(n_boot=n_boot, seed=seed)
         rows = []
-        for i in order.tolist():
-            index = torch.unravel_index(torch.tensor(i), shape)
-            rows.append({"index": [int(v) for v in index], "value": float(flat[i])})
-        return rows
+        for name, idx, v, lo, hi, nv in zip(names, grid, self.mean.flatten().tolist(),
+                                            low.flatten().tolist(), high.flatten().tolist(),
+                                            self.normalized.flatten().tolist()):
+            rows.append({"component": name, "layer": idx[0],
+                         "head": idx[1] if spec.per_head else None,
+                         "position": positions[idx[-1]] if spec.per_position else None,
+                         "value": v, "ci_low": lo, "ci_high": hi, "normalized": nv})
+        return pd.DataFrame(rows)
+
+    def _tensors(self):
+        return {"scores": self.scores, "clean": self.clean, "corrupt": self.corrupt}
+
+    def _meta(self):
+        return {"component": self.component, "method": self.method,
+                "direction": self.direction, "positions": self.positions, "meta": self.meta}
+
+    @classmethod
+    def _from(cls, tensors, meta):
+        return cls(meta["component"], meta["method"], meta["direction"], tensors["scores"],
+                   tensors["clean"], tensors["corrupt"], meta.get("positions"),
+                   meta.get("meta") or {})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from interp.errors import ConfigError
+from interp.options import add_model, comma_list, positive
 
 
-def add_parser(sub, model_args) -> None:
+def add_parser(sub):
     p = sub.add_parser("align", help="ICL versus gradient-descent alignment metrics "
                                      "(SimAOU, SimAM, SimAM_delta, Rec2FTP, Kendall)")
-    model_args(p)
+    add_model(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", help="a task with a closed answer set: boolean, parity, relation")
     src.add_argument("--data", help="JSONL of {input, target, choices} rows (queries and demos)")
@@ -17,10 +18,13 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--method", default="gd-kv,lcgd", help="comma list of gd-kv, lcgd")
     p.add_argument("--seeds", type=int, default=3, help="demonstration sets (seeds 0..N-1)")
     p.add_argument("--n", type=int, default=32, help="test queries")
-    p.add_argument("--lr", type=float, default=1e-3, help="SGD learning rate")
+    p.add_argument("--lr", type=comma_list(positive(float), "rate"), default=[1e-3],
+                   help="SGD learning rate; a comma list chooses each method's rate on "
+                        "validation queries (e.g. 1e-4,1e-3,1e-2)")
     p.add_argument("--no-baselines", action="store_true",
                    help="skip the random-update, untrained and embeddings-only baselines")
     p.add_argument("--out", default="runs/align", help="output directory")
+    return p
 
 
 def run(args) -> int:
@@ -29,19 +33,20 @@ def run(args) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
         raise ConfigError("--method needs at least one of gd-kv, lcgd")
-    rows = run_alignment(args.model, task=args.task, demos=args.demos, methods=methods,
+    result = run_alignment(args.model, task=args.task, demos=args.demos, methods=methods,
                          seeds=args.seeds, n=args.n, lr=args.lr,
                          baselines=not args.no_baselines, data=args.data,
                          demo_data=args.demo_data, device=args.device, progress=not args.quiet)
-    out = write_results(rows, args.out, {"model": args.model, "task": args.task,
+    out = write_results(result, args.out, {"model": args.model, "task": args.task,
                                          "data": args.data, "demos": args.demos,
                                          "methods": methods, "seeds": args.seeds, "n": args.n,
                                          "lr": args.lr})
-    mean, std = summarize(rows)
+    mean, std = summarize(result["rows"])
     table = mean.map(lambda v: f"{v:.3f}") + " ± " + std.map(lambda v: f"{v:.3f}")
     table = table.where(mean.notna(), "")
     print(f"\nICL vs GD alignment, {args.model}, {args.task or args.data}: {args.demos} "
-          f"demonstrations, {args.n} queries, mean ± std over {args.seeds} seeds")
+          f"demonstrations, {args.n} queries, mean ± std over {args.seeds} seeds; learning "
+          f"rates {result['lr']}")
     print(table.to_string())
     print(f"\nresults in {out}/ (alignment.csv, alignment.json, alignment.html)")
     return 0

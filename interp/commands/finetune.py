@@ -8,36 +8,39 @@ import json
 from pathlib import Path
 
 from interp.errors import ConfigError
+from interp.options import add_model, at_least, comma_list, positive
 
 METHODS = ("full", "lora", "gd-kv", "lcgd")
 PAPER_TASKS = ("expression", "code", "relation", "boolean")
 
 
-def add_parser(sub, model_args, int_list) -> None:
+def add_parser(sub):
     p = sub.add_parser("finetune", help="fine-tune a model (full, LoRA, gd-kv, layer-causal GD) "
                                         "and evaluate it zero-shot before and after")
-    model_args(p)
+    add_model(p)
     p.add_argument("--task", default=None,
                    help="task or comma list (a mixture); default boolean, or the paper's four "
                         "tasks with --preset paper")
     p.add_argument("--method", default="lora", choices=METHODS)
-    p.add_argument("--n-train", type=int_list, default=None,
+    p.add_argument("--n-train", type=comma_list(positive(), "size"), default=None,
                    help="training examples per task; a comma list trains one model per size "
                         "(default 256; 400 with --preset paper; demonstrations for gd-kv/lcgd: 32)")
     p.add_argument("--preset", choices=("paper",), default=None,
                    help="the authors' protocol: full FT, whole-text loss, lr 1e-5 constant after "
                         "20 warmup steps, batch 16, 100 steps on 400 examples per task")
     for flag, kind, text in (
-            ("--lr", float, "learning rate"),
-            ("--epochs", int, "epochs (default 3 on GPU, 1 on CPU)"),
-            ("--max-steps", int, "optimiser steps (overrides epochs)"),
-            ("--batch-size", int, "batch size (default 8)"),
-            ("--grad-accum", int, "gradient accumulation steps"),
-            ("--warmup", int, "warmup steps"), ("--weight-decay", float, "AdamW weight decay"),
-            ("--clip", float, "max gradient norm, 0 = off"),
-            ("--lora-r", int, "LoRA rank (16)"), ("--lora-alpha", int, "LoRA alpha (32)"),
-            ("--lora-dropout", float, "LoRA dropout (0.05)"),
-            ("--checkpoint-every", int, "steps between checkpoints (50)")):
+            ("--lr", positive(float), "learning rate"),
+            ("--epochs", positive(), "epochs (default 3 on GPU, 1 on CPU)"),
+            ("--max-steps", positive(), "optimiser steps (overrides epochs)"),
+            ("--batch-size", positive(), "global batch size, split over processes (default 8)"),
+            ("--grad-accum", positive(), "gradient accumulation steps"),
+            ("--warmup", at_least(0), "warmup steps"),
+            ("--weight-decay", at_least(0.0, float), "AdamW weight decay"),
+            ("--clip", at_least(0.0, float), "max gradient norm, 0 = off"),
+            ("--lora-r", positive(), "LoRA rank (16)"), ("--lora-alpha", positive(),
+                                                         "LoRA alpha (32)"),
+            ("--lora-dropout", at_least(0.0, float), "LoRA dropout (0.05)"),
+            ("--checkpoint-every", positive(), "steps between checkpoints (50)")):
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--schedule", choices=("cosine", "linear", "constant"), default=None)
     p.add_argument("--loss-on", choices=("answer", "text"), default=None,
@@ -45,10 +48,11 @@ def add_parser(sub, model_args, int_list) -> None:
     p.add_argument("--lora-targets", default=None, help="comma list of module names")
     p.add_argument("--group-by-length", action="store_true", help="length-grouped batches")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-eval", type=int, default=64, help="test queries per condition (64)")
-    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--n-eval", type=positive(), default=64, help="test queries per condition (64)")
+    p.add_argument("--eval-batch-size", type=positive(), default=16)
     p.add_argument("--no-eval", action="store_true", help="train only")
     p.add_argument("--out", default="runs/finetune", help="output directory")
+    return p
 
 
 def build_config(args):
@@ -94,7 +98,8 @@ def _evaluate(model, tasks, args, label: str) -> dict:
     out = {}
     for task in tasks:
         result = evaluate(model, task, shots=[0], n=args.n_eval, seed=args.seed,
-                          batch_size=args.eval_batch_size, progress=not args.quiet)
+                          batch_size=args.eval_batch_size,
+                          progress=not args.quiet)
         out[task] = {c: result.accuracy(c, 0) for c in ("pattern", "control")}
         out[task]["result"] = result
         print(f"  {label:>12} {task:<10} zero-shot accuracy: pattern "
@@ -105,7 +110,7 @@ def _evaluate(model, tasks, args, label: str) -> dict:
 def run(args) -> int:
     from interp.finetune import GD_METHODS, train, train_gd
     from interp.models import load_model
-    from interp.prompts import demo_pool, sample_demos
+    from interp.prompts import choose_demos
     from interp.tasks import generate, get_task
 
     gd = args.method in GD_METHODS
@@ -134,8 +139,7 @@ def run(args) -> int:
         model = load_model(args.model, device=args.device, dtype=args.dtype,
                            attn_implementation=attn)
         if gd:
-            demos = sample_demos(demo_pool(tasks[0], max(256, n), seed=args.seed), n,
-                                 seed=args.seed)
+            demos = choose_demos(tasks[0], n, seed=args.seed, pool_size=max(256, n))
             summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3, out=run_dir,
                                progress=not args.quiet)
         else:

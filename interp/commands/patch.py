@@ -2,30 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-
 from interp.errors import ConfigError
+from interp.options import add_model, at_least, comma_list, positive
 
 COMPONENT_CHOICES = ("heads", "heads_pos", "resid", "attn", "mlp")
 
 
-def add_parser(sub, model_args) -> None:
+def add_parser(sub):
     p = sub.add_parser("patch", help="activation / attribution patching of heads, residual "
                                      "stream and MLPs over counterfactual pairs")
-    model_args(p)
+    add_model(p)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", help="build counterfactual pairs from this task family")
     src.add_argument("--pairs", help="JSONL of {clean, corrupt, answer, foil} rows")
-    p.add_argument("--n", type=int, default=32, help="pairs built from --task (default 32)")
-    p.add_argument("--shots", type=int, default=0,
+    p.add_argument("--n", type=positive(), default=32, help="pairs built from --task (default 32)")
+    p.add_argument("--pair-kind", default="counterfactual", choices=("counterfactual", "separating"),
+                   help="task pairs whose edit the shortcut and the rule agree on "
+                        "(counterfactual) or disagree on (separating)")
+    p.add_argument("--shots", type=at_least(0), default=0,
                    help="demonstrations shared by both prompts of each task pair (ICL)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-header", action="store_true", help="no instruction header")
-    p.add_argument("--component", default="heads",
+    p.add_argument("--component", type=comma_list(str, "component"), default=["heads"],
                    help=f"comma list of {', '.join(COMPONENT_CHOICES)} (default heads)")
     p.add_argument("--method", default=None, choices=("activation", "attribution"),
                    help="exact activation patching or its first-order estimate (default "
@@ -36,37 +37,39 @@ def add_parser(sub, model_args) -> None:
     p.add_argument("--direction", default="denoise", choices=("denoise", "noise"))
     p.add_argument("--metric", default="logit_diff", choices=("logit_diff", "logprob"))
     p.add_argument("--dla", action="store_true", help="also direct logit attribution per head")
-    p.add_argument("--ablate", default="", help="also head ablation importance: zero, mean")
-    p.add_argument("--chunk", type=int, default=None, help="components per forward (auto)")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--ablate", type=comma_list(str, "mode"), default=[],
+                   help="also head ablation importance: zero, mean")
+    p.add_argument("--chunk", type=positive(), default=None, help="components per forward (auto)")
+    p.add_argument("--n-boot", type=positive(), default=1000,
+                   help="bootstrap resamples for the CIs")
     p.add_argument("--out", default="runs/patch", help="output directory")
+    return p
 
 
-def _components(text: str) -> list[str]:
-    names = [c.strip() for c in text.split(",") if c.strip()]
+def _components(names: list[str]) -> list[str]:
     bad = [c for c in names if c not in COMPONENT_CHOICES]
-    if bad or not names:
-        raise ConfigError(f"unknown component {', '.join(bad) or text!r}; choose from "
+    if bad:
+        raise ConfigError(f"unknown component {', '.join(bad)}; choose from "
                           f"{', '.join(COMPONENT_CHOICES)}")
     return names
 
 
 def _text_pairs(args, tokenizer) -> list[dict]:
     from interp.analysis.pairs import read_pairs, task_pairs
-    from interp.prompts import demo_pool, sample_demos
+    from interp.prompts import choose_demos
 
     if args.pairs:
-        if not Path(args.pairs).is_file():
-            raise ConfigError(f"no such pairs file: {args.pairs}")
         return read_pairs(args.pairs)
-    demos = sample_demos(demo_pool(args.task, max(64, args.shots)), args.shots, seed=args.seed)
+    demos = choose_demos(args.task, args.shots, seed=args.seed)
     return task_pairs(args.task, args.n, seed=args.seed, demos=demos,
-                      header=not args.no_header, tokenizer=tokenizer)
+                      header=not args.no_header, tokenizer=tokenizer, kind=args.pair_kind)
 
 
-def _by_length(tokens: list[dict], fn) -> torch.Tensor:
+def _by_length(tokens: list[dict], fn):
     """Apply ``fn(clean [b, pos], idx)`` per token length; results ``[..., b]`` in pair order."""
-    from interp.analysis.patching import length_groups
+    import torch
+
+    from interp.engine import length_groups
 
     parts, order = [], []
     for idx in length_groups(tokens).values():
@@ -87,14 +90,15 @@ def _heatmap(result, title: str):
 
 
 def run(args) -> int:
-    from safetensors.torch import save_file
-
     from interp.analysis.metrics import answer_logprob, logit_diff
-    from interp.analysis.pairs import tokenize_pairs
-    from interp.analysis.patching import ablate, patch_pairs, run_metric
-    from interp.models import load_model
+    from interp.analysis.pairs import patch_pairs, read_pairs, tokenize_pairs
+    from interp.analysis.patching import ablate, run_metric
+    from interp.files import (check_writable, now, save_tensors, write_json, write_provenance,
+                              write_text)
+    from interp.models import check_device, load_model
     from interp.plots import heatmap, write_page
 
+    started = now()
     components = _components(args.component)
     if args.source_model:
         if args.method == "attribution":
@@ -102,22 +106,23 @@ def run(args) -> int:
         if args.dla or args.ablate:
             raise ConfigError("--dla and --ablate do not apply to cross-model patching")
     args.method = args.method or ("activation" if args.source_model else "attribution")
-    modes = [m.strip() for m in args.ablate.split(",") if m.strip()]
+    modes = args.ablate
     if set(modes) - {"zero", "mean"}:
-        raise ConfigError(f"--ablate takes zero and/or mean, got {args.ablate!r}")
-    if args.n <= 0 or args.shots < 0 or args.n_boot < 1:
-        raise ConfigError("--n and --n-boot must be positive and --shots non-negative")
+        raise ConfigError(f"--ablate takes zero and/or mean, got {','.join(modes)!r}")
     if args.task:
         from interp.tasks import get_task
         get_task(args.task)
+    else:
+        read_pairs(args.pairs)   # every row checked before the model loads
+    check_device(args.device)
+    out = check_writable(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.dla:
+        model.adapter.require("dla")
     text_pairs = _text_pairs(args, model.tokenizer)
     tokens = tokenize_pairs(model, text_pairs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "pairs.jsonl", "w") as f:
-        for row in text_pairs:
-            f.write(json.dumps(row) + "\n")
+    from interp.files import dumps
+    write_text(out / "pairs.jsonl", "".join(dumps(row, indent=None) + "\n" for row in text_pairs))
 
     def metric_for(idx):
         answers = [tokens[i]["answer_id"] for i in idx]
@@ -136,7 +141,7 @@ def run(args) -> int:
         tensors.update(result.tensors(n_boot=args.n_boot, seed=args.seed))
         summary[component] = {"seconds": round(time.perf_counter() - start, 2),
                                "shape": list(result.mean.shape), "positions": result.positions,
-                               "top_normalized": result.top(10)}
+                               "top": result.top(10).to_dict("records")}
         summary.setdefault("baselines", result.baselines(args.n_boot, args.seed))
         figures.append(_heatmap(result, f"{component}: normalised {args.method} patching "
                                         f"effect ({args.direction}, n={result.n})"))
@@ -159,21 +164,23 @@ def run(args) -> int:
         figures.append(heatmap(drop.mean(-1), f"{mode}-ablation importance per head "
                                               "(metric drop on clean prompts)", "head",
                                hover="metric drop"))
-    save_file({k: v.contiguous().float() for k, v in tensors.items()}, out / "scores.safetensors")
+    save_tensors(out / "scores.safetensors", {k: v.float() for k, v in tensors.items()})
     summary.update({"model": model.spec, "n_layers": L, "n_heads": H, "n_pairs": len(tokens),
                     "task": args.task, "pairs_file": args.pairs, "shots": args.shots,
                     "method": args.method, "direction": args.direction, "metric": args.metric,
                     "keys": sorted(tensors)})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
+    write_provenance(out, {k: v for k, v in vars(args).items()}, {"model": model.describe()},
+                     started)
     page = write_page(out / "patching.html", f"Patching: {model.spec}, "
                       f"{args.task or args.pairs}", figures)
     base = summary["baselines"]
     print(f"{len(tokens)} pairs; clean {args.metric} {base['clean']['mean']:.3f}, "
           f"corrupt {base['corrupt']['mean']:.3f}")
     for component in components:
-        top = summary[component]["top_normalized"][:5]
-        print(f"{component} ({summary[component]['seconds']} s) top normalised effects: " +
-              ", ".join(f"{tuple(r['index'])}: {r['value']:.3f}" for r in top))
+        top = summary[component]["top"][:5]
+        print(f"{component} ({summary[component]['seconds']} s) largest effects (normalised): " +
+              ", ".join(f"{r['component']}: {r['normalized']:.3f}" for r in top))
     print(f"results in {out}/ (scores.safetensors, summary.json, {page.name})")
     return 0
 
@@ -181,9 +188,8 @@ def run(args) -> int:
 
 def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
     """``--source-model``: source activations into --model ("source->model") and back."""
-    from safetensors.torch import save_file
-
     from interp.analysis.cross_model import cross_model_patch
+    from interp.files import save_tensors, write_json
     from interp.models import load_model
     from interp.plots import write_page
 
@@ -199,21 +205,20 @@ def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
                             result.tensors(n_boot=args.n_boot, seed=args.seed).items()})
             summary[f"{name}/{component}"] = {
                 "seconds": round(time.perf_counter() - start, 2), "positions": result.positions,
-                "top_normalized": result.top(10),
+                "top": result.top(10).to_dict("records"),
                 "metric": {"patched_into": float(result.corrupt.mean()),
                            "patched_from": float(result.clean.mean())}}
             figures.append(_heatmap(result, f"{frm.spec} -> {into.spec}: {component} "
                                             f"(1 = behaves like {frm.spec})"))
-    save_file({k: v.contiguous().float() for k, v in tensors.items()}, out / "scores.safetensors")
+    save_tensors(out / "scores.safetensors", {k: v.float() for k, v in tensors.items()})
     summary.update({"n_pairs": len(tokens), "task": args.task, "shots": args.shots,
                     "metric": args.metric, "keys": sorted(tensors)})
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_json(out / "summary.json", summary)
     page = write_page(out / "patching.html", f"Cross-model patching: {source.spec} <-> "
                       f"{model.spec}", figures)
     for key, info in summary.items():
-        if isinstance(info, dict) and "top_normalized" in info:
-            top = ", ".join(f"{tuple(r['index'])}: {r['value']:.3f}"
-                            for r in info["top_normalized"][:5])
+        if isinstance(info, dict) and "top" in info:
+            top = ", ".join(f"{r['component']}: {r['normalized']:.3f}" for r in info["top"][:5])
             print(f"{key} ({info['seconds']} s; metric {info['metric']['patched_into']:.3f} -> "
                   f"{info['metric']['patched_from']:.3f}): {top}")
     print(f"results in {out}/ (scores.safetensors, summary.json, {page.name})")

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Sequence
@@ -21,48 +20,62 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from interp.arch import kv_parameters, resolve, unembed
+from interp.arch import layers as decoder_layers
+from interp.engine import encode
 from interp.errors import ConfigError
+from interp.files import dumps, write_json, write_text
 from interp.finetune.data import encode_demo
+from interp.finetune.trainer import save_model
+from interp.prompts import format_demo
 from interp.models import LoadedModel
 from interp.tasks import Example
 
 GD_METHODS = ("gd-kv", "lcgd")
-LAYER_LOOP = {"llama", "qwen2", "qwen3", "mistral"}
 
 
-def kv_parameters(hf) -> list[tuple[str, torch.nn.Parameter]]:
-    """The attention key and value projection weights (and biases where the model has them)."""
-    found = [(n, p) for n, p in hf.named_parameters()
-             if any(f"{proj}." in n for proj in ("k_proj", "v_proj"))]
-    if not found:
-        raise ConfigError("this model has no k_proj / v_proj parameters")
-    return found
+def _query_hooks(model: LoadedModel, store: list[list[torch.Tensor]]) -> list:
+    """Hooks keeping each layer's query projection output ``[tokens, head, d_head]``."""
+    path = model.adapter.q_proj
+    handles = []
+    for l, layer in enumerate(decoder_layers(model.hf)):
+        def keep(module, args, output, l=l):
+            store[l].append(output[0].detach().float().cpu().reshape(
+                output.shape[1], model.n_heads, -1))
+        handles.append(resolve(layer, path).register_forward_hook(keep))
+    return handles
 
 
 def causal_lm_loss(hf, ids: torch.Tensor) -> torch.Tensor:
     return hf(input_ids=ids, labels=ids).loss
 
 
-def layer_causal_loss(hf, ids: torch.Tensor) -> torch.Tensor:
-    """Sum over layers of the early-exit next-token loss, each layer's input detached."""
-    from transformers.masking_utils import create_causal_mask
+def _detach_input(module, args, kwargs):
+    if args:
+        return (args[0].detach(), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
 
-    config = hf.config
-    if config.model_type not in LAYER_LOOP:
-        raise ConfigError(f"lcgd runs on Llama-style decoders ({', '.join(sorted(LAYER_LOOP))}), "
-                          f"not {config.model_type!r}")
-    inner = hf.model
-    h = inner.embed_tokens(ids)
-    positions = torch.arange(ids.shape[1], device=ids.device)[None]
-    mask = create_causal_mask(config=config, inputs_embeds=h, attention_mask=None,
-                              past_key_values=None, position_ids=positions)
-    rotary = inner.rotary_emb(h, position_ids=positions)
-    outs = []
-    for layer in inner.layers:
-        out = layer(h.detach(), attention_mask=mask, position_embeddings=rotary,
-                    position_ids=positions)
-        h = out[0] if isinstance(out, tuple) else out
-        outs.append(h[:, :-1])
+
+def layer_causal_loss(hf, ids: torch.Tensor) -> torch.Tensor:
+    """Sum over layers of the early-exit next-token loss, each layer's input detached.
+
+    The model's own forward runs (any architecture with an adapter); a pre-hook on every
+    decoder layer detaches its input and a hook keeps its output, which then goes through the
+    frozen final norm and unembedding."""
+    outs: list[torch.Tensor] = []
+
+    def keep(module, args, kwargs, output):
+        outs.append((output[0] if isinstance(output, tuple) else output)[:, :-1])
+
+    handles = []
+    for layer in decoder_layers(hf):
+        handles.append(layer.register_forward_pre_hook(_detach_input, with_kwargs=True))
+        handles.append(layer.register_forward_hook(keep, with_kwargs=True))
+    try:
+        hf.base_model(input_ids=ids)
+    finally:
+        for handle in handles:
+            handle.remove()
     return _early_exit_loss(hf, outs, ids[:, 1:])
 
 
@@ -77,7 +90,7 @@ def _early_exit_loss(hf, outs: list[torch.Tensor], targets: torch.Tensor,
     total = 0.0
     for i in range(0, len(outs), per):
         chunk = torch.stack(outs[i:i + per])                     # [layers, batch, pos, d]
-        logits = hf.lm_head(hf.model.norm(chunk)).float()
+        logits = unembed(hf, chunk).float()
         flat = targets.reshape(-1).repeat(chunk.shape[0])
         total = total + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), flat,
                                         reduction="sum") / rows
@@ -93,10 +106,16 @@ def gd_loss(hf, ids: torch.Tensor, method: str) -> torch.Tensor:
 
 
 def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
-             lr: float = 1e-3, out: str | Path | None = None, progress: bool = True) -> dict:
-    """One SGD step per demonstration, in order, on the K/V projections only; in place.
+             lr: float = 1e-3, out: str | Path | None = None, progress: bool = True,
+             record_queries: bool = False) -> dict:
+    """One SGD step per demonstration, in order, on the K/V projections only; in place. The
+    weights must be float32 (plain SGD on bf16 weights rounds small updates away); the K/V
+    weights must change, else a one-line error says the learning rate is too small.
 
-    With ``out``, saves the model (safetensors), its tokenizer and ``train_log.jsonl``.
+    With ``out``, saves the model (safetensors), its tokenizer and ``train_log.jsonl``. With
+    ``record_queries``, ``summary["queries"]`` holds every demonstration token's query vectors
+    in its own pass, ``[layer, n_tokens, head, d_head]`` (after any BOS, demonstrations in
+    order: the training tokens of Dai et al.'s Kendall measure).
     """
     if method not in GD_METHODS:
         raise ConfigError(f"method must be one of {', '.join(GD_METHODS)}, got {method!r}")
@@ -106,6 +125,12 @@ def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
         raise ConfigError("no demonstrations to train on")
     hf = model.hf
     kv = kv_parameters(hf)
+    if any(p.dtype != torch.float32 for _, p in kv):
+        raise ConfigError(f"{method} needs float32 weights (SGD on {kv[0][1].dtype} rounds small "
+                          "updates away); load the model with dtype float32")
+    before = [p.detach().clone() for _, p in kv]
+    queries: list[list[torch.Tensor]] = [[] for _ in decoder_layers(hf)]
+    handles = _query_hooks(model, queries) if record_queries else []
     for p in hf.parameters():
         p.requires_grad_(False)
     for _, p in kv:
@@ -116,6 +141,7 @@ def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
     losses, began = [], time.perf_counter()
     for ex in tqdm(demos, desc=method, disable=not progress):
         ids = torch.tensor([encode_demo(model.tokenizer, ex).ids], device=model.device)
+        skip = ids.shape[1] - len(encode(model.tokenizer, format_demo(ex), first=False))
         loss = gd_loss(hf, ids, method)
         if not torch.isfinite(loss):
             raise ConfigError(f"{method} loss became {loss.item()}; lower the learning rate")
@@ -123,21 +149,29 @@ def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        for layer in queries:   # keep the demonstration's own tokens (after any BOS)
+            if layer:
+                layer[-1] = layer[-1][skip:]
+    for handle in handles:
+        handle.remove()
     for _, p in kv:
         p.requires_grad_(False)
     hf.train(was_training)
+    if all(torch.equal(p.detach(), b) for (_, p), b in zip(kv, before)):
+        raise ConfigError(f"{method} left the key/value weights unchanged; the learning rate "
+                          f"{lr:g} is too small for these weights")
     summary = {"method": method, "lr": lr, "steps": len(losses), "losses": losses,
                "seconds": round(time.perf_counter() - began, 2)}
+    if record_queries:
+        summary["queries"] = torch.stack([torch.cat(layer) for layer in queries])
     if out:
-        from interp.finetune.trainer import save_model
-
         out = Path(out)
         save_model(model, out)
-        with open(out / "train_log.jsonl", "w") as f:
-            for i, loss in enumerate(losses, 1):
-                f.write(json.dumps({"step": i, "loss": loss}) + "\n")
-        (out / "train_config.json").write_text(json.dumps(
-            {"config": {"method": method, "lr": lr, "demos": [d.id for d in demos]},
-             "base_model": model.spec, **{k: v for k, v in summary.items() if k != "losses"}},
-            indent=2))
+        write_text(out / "train_log.jsonl", "".join(
+            dumps({"step": i, "loss": loss}, indent=None) + "\n"
+            for i, loss in enumerate(losses, 1)))
+        write_json(out / "train_config.json",
+                   {"config": {"method": method, "lr": lr, "demos": [d.id for d in demos]},
+                    "base_model": model.spec,
+                    **{k: v for k, v in summary.items() if k != "losses"}})
     return summary

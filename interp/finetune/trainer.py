@@ -1,10 +1,16 @@
 """Full and LoRA fine-tuning with resumable checkpoints.
 
-One loop for CPU, one GPU and many GPUs: :class:`accelerate.Accelerator` handles devices, bf16
-autocast and gradient synchronisation (``accelerate launch`` with the configs in
-``experiments/accelerate/`` adds FSDP or DeepSpeed ZeRO-3). The batch order of every step is
-fixed by the seed, and a checkpoint holds the trainable weights, optimiser, scheduler and RNG
-state, so a killed run started again with the same command ends with the same weights.
+One loop for CPU, one GPU and many processes: :class:`accelerate.Accelerator` handles devices,
+bf16 autocast and gradient synchronisation (``accelerate launch`` with the configs in
+``experiments/accelerate/`` adds FSDP or DeepSpeed ZeRO-3). ``batch_size`` is the global batch:
+each process takes its share of every batch, so one process and several give the same update.
+The batch order of every step is fixed by the seed, and a checkpoint holds the trainable
+weights, optimiser, scheduler and RNG states (CUDA too), so a killed run started again with the
+same command ends with the same weights.
+
+A run is identified by its fingerprint: the training settings, the base model and a hash of the
+training data. A checkpoint or finished run with another fingerprint is never resumed; a
+finished run with the same fingerprint is not redone.
 """
 
 from __future__ import annotations
@@ -23,17 +29,14 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from interp.errors import ConfigError, InterpError
+from interp.errors import ConfigError, StaleResultsError, TrainingError
+from interp.files import dumps, fingerprint, read_json, save_tensors, write_json
 from interp.finetune.data import batch_plan, collate, encode_example
+from interp.finetune.deltas import difference, lora_factors
 from interp.models import LoadedModel
 from interp.tasks import Example
 
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-
-
-class TrainingError(InterpError):
-    """Training cannot go on (for instance the loss stopped being finite)."""
 
 
 @dataclass
@@ -42,7 +45,7 @@ class TrainConfig:
     lr: float | None = None              # default 2e-4 (lora) / 2e-5 (full)
     epochs: int = 3
     max_steps: int | None = None         # optimiser steps; overrides epochs when set
-    batch_size: int = 8
+    batch_size: int = 8                  # global batch (all processes together)
     grad_accum: int = 1
     schedule: str = "cosine"             # cosine | linear | constant (each after warmup)
     warmup_steps: int = 10
@@ -54,7 +57,7 @@ class TrainConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    lora_targets: tuple[str, ...] = LORA_TARGETS
+    lora_targets: tuple[str, ...] | None = None   # default: the architecture's projections
     checkpoint_every: int = 50
     group_by_length: bool = False
     bf16: bool | None = None             # default: on CUDA
@@ -65,18 +68,30 @@ class TrainConfig:
             raise ConfigError(f"method must be full or lora here, got {self.method!r}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {', '.join(SCHEDULES)}")
-        for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.loss_on not in ("answer", "text"):
+            raise ConfigError(f"loss_on must be 'answer' or 'text', got {self.loss_on!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every", "lora_r",
+                     "lora_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ConfigError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+        for name in ("warmup_steps", "weight_decay", "clip", "lora_dropout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr is None:
             self.lr = 2e-4 if self.method == "lora" else 2e-5
-        self.lora_targets = tuple(self.lora_targets)
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        if self.lora_targets is not None:
+            self.lora_targets = tuple(self.lora_targets)
 
-    def fingerprint(self) -> str:
-        """Identifies the run a checkpoint belongs to (everything that changes the weights)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items()
-                  if k not in ("checkpoint_every", "meta")}
-        return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+    def settings(self) -> dict:
+        """Everything that changes the weights (not checkpoint frequency or notes)."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in ("checkpoint_every", "meta")}
 
 
 PRESETS = {
@@ -85,6 +100,20 @@ PRESETS = {
     "paper": dict(method="full", loss_on="text", lr=1e-5, schedule="constant", warmup_steps=20,
                   weight_decay=0.0, batch_size=4, grad_accum=4, max_steps=100, clip=1.0),
 }
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(f"{ex.task}\x00{ex.input}\x00{ex.target}\x01".encode())
+    return digest.hexdigest()[:16]
+
+
+def run_settings(model: LoadedModel, examples: Sequence[Example], config: TrainConfig) -> dict:
+    """What identifies a training run: settings, base model and data."""
+    return {"config": config.settings(), "base_model": model.spec,
+            "tasks": sorted({ex.task for ex in examples}), "n_examples": len(examples),
+            "data_hash": data_hash(examples)}
 
 
 def _trainable(model: LoadedModel, config: TrainConfig):
@@ -98,83 +127,124 @@ def _trainable(model: LoadedModel, config: TrainConfig):
         return hf
     from peft import LoraConfig, get_peft_model
 
+    wanted = config.lora_targets or model.adapter.lora_targets
     present = {name.rsplit(".", 1)[-1] for name, _ in hf.named_modules()}
-    targets = [t for t in config.lora_targets if t in present]
+    targets = [t for t in wanted if t in present]
     if not targets:
-        raise ConfigError(f"none of the LoRA targets {config.lora_targets} is in this model")
+        raise ConfigError(f"none of the LoRA targets {tuple(wanted)} is in this model")
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
                       lora_dropout=config.lora_dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
     return get_peft_model(hf, lora)
 
 
-def _save_checkpoint(path: Path, net, optimizer, scheduler, step: int, config: TrainConfig):
-    from safetensors.torch import save_file
+def _rng_state() -> dict:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
+    return state
 
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(list(state["cuda"]))
+
+
+def _save_checkpoint(path: Path, accel, net, optimizer, scheduler, step: int, key: str):
+    """Trainable weights (gathered from every process), optimiser, scheduler and RNG states."""
+    state = accel.get_state_dict(net)                      # a collective under FSDP / ZeRO
+    if not accel.is_main_process:
+        return
+    names = {n for n, p in accel.unwrap_model(net).named_parameters() if p.requires_grad}
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    weights = {n: p.detach().cpu().contiguous() for n, p in net.named_parameters()
-               if p.requires_grad}
-    save_file(weights, tmp / "trainable.safetensors")
+    save_tensors(tmp / "trainable.safetensors",
+                 {n: v.detach().float() for n, v in state.items() if n in names})
+    rng = _rng_state()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}, tmp / "state.pt")
-    (tmp / "progress.json").write_text(json.dumps({"step": step,
-                                                   "fingerprint": config.fingerprint()}))
+                "rng": rng["cpu"], "cuda_rng": rng.get("cuda")}, tmp / "state.pt")
+    write_json(tmp / "progress.json", {"step": step, "fingerprint": key})
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)  # a kill mid-save leaves the previous checkpoint whole
 
 
-def _load_checkpoint(path: Path, net, optimizer, scheduler, config: TrainConfig) -> int:
+def _load_checkpoint(path: Path, net, optimizer, scheduler, key: str) -> int:
     from safetensors.torch import load_file
 
-    progress = json.loads((path / "progress.json").read_text())
-    if progress["fingerprint"] != config.fingerprint():
-        raise ConfigError(f"{path} holds a checkpoint of a run with other settings; use another "
-                          "--out or delete it")
+    progress = read_json(path / "progress.json")
+    if progress is None or progress.get("fingerprint") != key:
+        raise StaleResultsError(f"{path} holds a checkpoint of a run with other settings or "
+                                "data; rerun with --force to start over, or use another --out")
     weights = load_file(path / "trainable.safetensors")
     params = dict(net.named_parameters())
     with torch.no_grad():
         for name, value in weights.items():
-            params[name].copy_(value)
+            params[name].copy_(value.to(params[name].dtype))
     state = torch.load(path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"])
+    _set_rng_state({"cpu": state["rng"], **({"cuda": state["cuda_rng"]}
+                                            if state.get("cuda_rng") is not None else {})})
     return int(progress["step"])
 
 
 def answer_loss(net, batch: dict) -> torch.Tensor:
     """Next-token cross-entropy over the labelled positions, unembedding only those: the same
     value as the model's own loss, without computing logits nobody is scored on."""
-    import torch.nn.functional as F
-
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
-    hidden = base.get_decoder()(input_ids=batch["input_ids"],
-                                attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = base.base_model(input_ids=batch["input_ids"],
+                             attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     cap = getattr(base.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    return F.cross_entropy(logits.float(), labels[keep])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
 def total_steps(n_batches: int, config: TrainConfig) -> int:
     return config.max_steps or math.ceil(n_batches / config.grad_accum)
 
 
+def finished_run(out: str | Path, key: str) -> dict | None:
+    """The summary of a finished run in ``out`` with fingerprint ``key`` (None if there is none);
+    a finished run with another fingerprint raises StaleResultsError."""
+    record = read_json(Path(out) / "train_config.json")
+    if record is None or not record.get("finished"):
+        return None
+    if record.get("fingerprint") != key:
+        raise StaleResultsError(f"{out} holds a finished fine-tune with other settings or data; "
+                                "rerun with --force to redo it, or use another --out")
+    return record
+
+
+def _update(net, config: TrainConfig, initial: dict | None) -> dict:
+    if config.method == "lora":
+        return {"factors": lora_factors(net)}
+    after = {n: p for n, p in net.named_parameters()}
+    return {"delta": difference(after, initial)}
+
+
 def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig | None = None,
           out: str | Path | None = None, progress: bool = True,
-          on_step: Callable[[int, float], None] | None = None) -> dict:
+          on_step: Callable[[int, float], None] | None = None, snapshots: Sequence[int] = (),
+          save_merged: bool = True, force: bool = False, tracker=None) -> dict:
     """Fine-tune ``model`` in place on ``examples`` (their zero-shot prompts and answers).
 
     With ``out``, writes ``out/checkpoint/`` every ``checkpoint_every`` steps (and resumes from
-    it when present), ``out/train_log.jsonl`` (loss per step), and at the end the model as
-    safetensors with its tokenizer and ``train_config.json`` (for LoRA the adapter goes to
-    ``out/adapter/`` and ``out/`` holds the merged model), so ``load_model(out)`` loads it.
-    Returns a summary (steps, final loss, tokens/s, seconds).
+    it when its fingerprint matches), ``out/train_log.jsonl`` (loss per step), and at the end
+    ``train_config.json`` (with ``fingerprint``, ``resumed_from`` and ``finished``), the LoRA
+    adapter in ``out/adapter/`` and, with ``save_merged``, the merged model as safetensors with
+    its tokenizer (so ``load_model(out)`` loads it). A finished run with the same fingerprint
+    is not redone: its summary is returned with ``skipped`` and the files are left as they are.
+
+    ``snapshots``: optimiser steps after which the weight update so far is recorded;
+    ``summary["updates"][step]`` holds it (``{"factors": ...}`` for LoRA, ``{"delta": ...}``
+    for full fine-tuning), the last step included whenever any snapshot is asked for. ``tracker``: an object with
+    ``log(values, step)`` (see :mod:`interp.tracking`).
     """
     from accelerate import Accelerator
     from transformers import get_scheduler
@@ -182,6 +252,16 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
     config = config or TrainConfig()
     if not examples:
         raise ConfigError("no training examples")
+    settings = run_settings(model, examples, config)
+    key = fingerprint(settings)
+    out = Path(out) if out else None
+    if out is not None:
+        if force:
+            shutil.rmtree(out / "checkpoint", ignore_errors=True)
+            (out / "train_config.json").unlink(missing_ok=True)
+        done = finished_run(out, key)
+        if done is not None:
+            return {**done, "skipped": True}
     torch.manual_seed(config.seed)
     tok = model.tokenizer
     seqs = [encode_example(tok, ex, config.header, config.loss_on) for ex in examples]
@@ -189,6 +269,9 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
     bf16 = cuda if config.bf16 is None else config.bf16
     accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
     world, rank = accel.num_processes, accel.process_index
+    if config.batch_size % world:
+        raise ConfigError(f"batch size {config.batch_size} is the global batch and must divide "
+                          f"evenly over {world} processes")
     per_step = config.batch_size * config.grad_accum
     epochs = config.epochs
     if config.max_steps:  # enough epochs for max_steps
@@ -200,36 +283,42 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
         raise ConfigError(f"{steps} steps need {steps * config.grad_accum} batches; the data "
                           f"gives {len(plan)}")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    initial = ({n: p.detach().clone() for n, p in model.hf.named_parameters()}
+               if config.method == "full" and snapshots else None)
     net = _trainable(model, config)
     net.train()
-    params = [p for p in net.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer,
                               num_warmup_steps=config.warmup_steps, num_training_steps=steps)
-    out = Path(out) if out else None
     ckpt = out / "checkpoint" if out else None
     start = 0
     if ckpt is not None and (ckpt / "progress.json").is_file():
-        start = _load_checkpoint(ckpt, net, optimizer, scheduler, config)
+        start = _load_checkpoint(ckpt, net, optimizer, scheduler, key)
     net, optimizer = accel.prepare(net, optimizer)
-    if out:
+    params = [p for p in net.parameters() if p.requires_grad]
+    main = accel.is_main_process
+    log = None
+    if out and main:
         out.mkdir(parents=True, exist_ok=True)
         log_path = out / "train_log.jsonl"
         kept = []
         if start and log_path.is_file():  # steps after the checkpoint are redone
             kept = [line for line in log_path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= start]
+                    if line.strip() and _step_of(line) <= start]
         log = open(log_path, "w")
         log.writelines(line + "\n" for line in kept)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    bar = tqdm(total=steps, initial=start, desc=f"train {config.method}", disable=not progress)
+    wanted = ({min(max(1, int(s)), steps) for s in snapshots} | {steps}) if snapshots else set()
+    updates: dict[int, dict] = {}
+    bar = tqdm(total=steps, initial=start, desc=f"train {config.method}",
+               disable=not progress or not main)
     began, tokens, loss_value = time.perf_counter(), 0, float("nan")
     try:
         for step in range(start, steps):
             total = 0.0
             for micro in range(config.grad_accum):
-                idx = plan[step * config.grad_accum + micro]
-                idx = idx[rank::world] or idx[:1]  # each process its share of the batch
+                idx = plan[step * config.grad_accum + micro][rank::world]
                 batch = {k: v.to(accel.device) for k, v in
                          collate([seqs[i] for i in idx], pad).items()}
                 with accel.autocast():
@@ -251,39 +340,51 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
             loss_value = total
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4f}")
-            if out and accel.is_main_process:
-                log.write(json.dumps({"step": step + 1, "loss": round(total, 6),
-                                      "lr": scheduler.get_last_lr()[0],
-                                      "seconds": round(time.perf_counter() - began, 2)}) + "\n")
+            if log is not None:
+                log.write(dumps({"step": step + 1, "loss": round(total, 6),
+                                 "lr": scheduler.get_last_lr()[0],
+                                 "seconds": round(time.perf_counter() - began, 2)},
+                                indent=None) + "\n")
                 log.flush()
-            if ckpt is not None and accel.is_main_process and (
-                    (step + 1) % config.checkpoint_every == 0 or step + 1 == steps):
-                _save_checkpoint(ckpt, accel.unwrap_model(net), optimizer, scheduler, step + 1,
-                                 config)
+            if tracker is not None and main:
+                tracker.log({"train/loss": total, "train/lr": scheduler.get_last_lr()[0]},
+                            step + 1)
+            if step + 1 in wanted:
+                updates[step + 1] = _update(accel.unwrap_model(net), config, initial)
+            if ckpt is not None and ((step + 1) % config.checkpoint_every == 0
+                                     or step + 1 == steps):
+                _save_checkpoint(ckpt, accel, net, optimizer, scheduler, step + 1, key)
             if on_step is not None:
                 on_step(step + 1, total)
     finally:
         bar.close()
-        if out:
+        if log is not None:
             log.close()
     seconds = time.perf_counter() - began
     net = accel.unwrap_model(net)
     net.eval()
     if config.method == "lora":
-        if out and accel.is_main_process:
+        if out and main:
             net.save_pretrained(out / "adapter")
         model.hf = net.merge_and_unload()
     for p in model.hf.parameters():
         p.requires_grad_(False)
     summary = {"method": config.method, "steps": steps, "resumed_from": start,
                "examples": len(seqs), "final_loss": loss_value, "seconds": round(seconds, 2),
-               "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None}
-    if out and accel.is_main_process:
-        save_model(model, out)
-        (out / "train_config.json").write_text(json.dumps(
-            {"config": dataclasses.asdict(config), "base_model": model.spec, **summary},
-            indent=2, default=str))
+               "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
+               "processes": world}
+    if out and main:
+        if save_merged:
+            save_model(model, out)
+        write_json(out / "train_config.json",
+                   {"config": dataclasses.asdict(config), "base_model": model.spec,
+                    **settings, "fingerprint": key, **summary, "finished": True})
+    summary["updates"] = updates
     return summary
+
+
+def _step_of(line: str) -> int:
+    return int(json.loads(line)["step"])
 
 
 def save_model(model: LoadedModel, out: str | Path) -> Path:

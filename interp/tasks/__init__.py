@@ -1,10 +1,10 @@
 """Implicit-pattern task families; importing this package registers all of them."""
 
 from interp.tasks import boolean, code, expression, parity, relation  # noqa: F401  (register)
-from interp.tasks.base import (REGISTRY, SPLITS, Example, TaskFamily, generate, get_task,
+from interp.tasks.base import (REGISTRY, SPLITS, Edit, Example, TaskFamily, generate, get_task,
                                read_jsonl, split_of, write_jsonl)
 
 TASKS = tuple(sorted(REGISTRY))
 
-__all__ = ["Example", "TaskFamily", "REGISTRY", "SPLITS", "TASKS", "generate", "get_task",
+__all__ = ["Edit", "Example", "TaskFamily", "REGISTRY", "SPLITS", "TASKS", "generate", "get_task",
            "read_jsonl", "write_jsonl", "split_of"]

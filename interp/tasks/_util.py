@@ -34,3 +34,8 @@ def check_range(name: str, value, lo: int, hi: int) -> None:
     lows, highs = (value, value) if isinstance(value, int) else tuple(value)
     if not (isinstance(lows, int) and isinstance(highs, int) and lo <= lows <= highs <= hi):
         raise TaskError(f"knob {name}={value!r} out of range: needs {lo} <= min <= max <= {hi}")
+
+
+def other(label: str, choices) -> str:
+    """The other answer of a two-way answer set."""
+    return choices[1] if label == choices[0] else choices[0]

@@ -1,4 +1,17 @@
-"""Example schema, task registry, seeded generation with disjoint splits, and JSONL io."""
+"""Example schema, the task-family base class and registry, seeded generation with disjoint
+splits, and JSONL io.
+
+A family knows three things beyond how to draw an example (see :class:`TaskFamily`):
+
+- its **shortcuts**: what each plausible implicit pattern answers for an example
+  (``shortcuts(ex)``; the declared one is ``shortcut(ex)``). Every generated example records
+  them in ``meta["shortcuts"]``;
+- a **counterfactual edit** (``counterfactual``): a same-length edit of a pattern example that
+  flips the answer, on which the shortcut and the full rule agree;
+- a **separating edit** (``separating``): a same-length edit on which they disagree (the rule's
+  answer changes and the shortcut's does not), so a score map on such pairs shows which
+  strategy a model uses.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +20,10 @@ import json
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from interp.errors import TaskError
+from interp.files import write_text
 
 SPLITS = ("train", "demo", "validation", "test")
 # Every input text hashes to one split, so no input is ever shared between splits, whatever the
@@ -21,7 +35,8 @@ _SPLIT_BUCKETS = {"train": range(0, 10), "demo": range(10, 14), "validation": ra
 @dataclass
 class Example:
     """One task item. ``meta`` holds enough structure for an independent checker to recompute
-    ``target`` (the expression, the program source, the bits and subset, the edges)."""
+    ``target`` (the expression, the program source, the bits and subset, the edges) and, under
+    ``meta["shortcuts"]``, what every plausible shortcut answers."""
 
     id: str
     task: str
@@ -36,36 +51,75 @@ class Example:
 
     @classmethod
     def from_dict(cls, row: dict) -> "Example":
+        if not isinstance(row, dict):
+            raise TaskError("an example row must be a JSON object")
         missing = {"input", "target"} - set(row)
         if missing:
             raise TaskError(f"example row lacks {', '.join(sorted(missing))}")
+        for key in ("input", "target"):
+            if not isinstance(row[key], (str, int, float)) or isinstance(row[key], bool):
+                raise TaskError(f"example field {key!r} must be a string, got "
+                                f"{type(row[key]).__name__}")
+        choices = row.get("choices")
+        if choices is not None and (not isinstance(choices, list)
+                                    or not all(isinstance(c, str) for c in choices)):
+            raise TaskError("example field 'choices' must be a list of strings")
         return cls(id=str(row.get("id", "")), task=str(row.get("task", "custom")),
                    input=str(row["input"]), target=str(row["target"]),
-                   choices=list(row["choices"]) if row.get("choices") else None,
-                   pattern=bool(row.get("pattern", True)), meta=dict(row.get("meta", {})))
+                   choices=list(choices) if choices else None,
+                   pattern=bool(row.get("pattern", True)), meta=dict(row.get("meta") or {}))
 
 
-Draw = Callable[..., tuple[str, str, dict]]
+class Edit(NamedTuple):
+    """An edited input and the full rule's answer for it."""
+
+    input: str
+    target: str
 
 
-@dataclass(frozen=True)
 class TaskFamily:
-    """A registered task family.
+    """A task family. Subclasses set the class attributes and implement :meth:`draw`,
+    :meth:`shortcuts`, :meth:`counterfactual` and :meth:`separating`.
 
     ``draw(rng, pattern, label, **knobs)`` returns ``(input, target, meta)``; ``label`` is the
-    wanted answer for closed answer sets (for balance) and None for open ones. ``answer_sep`` joins
-    input and target in demonstrations ("" after "=", " " after ":").
+    wanted answer for closed answer sets (for balance) and None for open ones. ``answer_sep``
+    joins input and target in demonstrations ("" after "=", " " after ":").
     """
 
-    name: str
-    draw: Draw
-    header: str
-    knobs: dict[str, Any]
+    name: str = ""
+    header: str = ""
+    knobs: dict[str, Any] = {}
     answer_sep: str = " "
     choices: tuple[str, ...] | None = None
     max_new_tokens: int = 4
-    validate: Callable[[dict], None] | None = None
     description: str = ""
+    primary_shortcut: str = "shortcut"
+    #: which items the separating edit applies to (True: pattern items, False: control items)
+    separating_on_pattern: bool = True
+
+    def draw(self, rng: random.Random, pattern: bool, label, **knobs) -> tuple[str, str, dict]:
+        raise NotImplementedError
+
+    def validate(self, knobs: dict) -> None:
+        """Raise TaskError for knob values out of range."""
+
+    def shortcuts(self, ex: Example) -> dict[str, str]:
+        """What each plausible implicit pattern answers for ``ex`` (name -> answer)."""
+        raise NotImplementedError
+
+    def shortcut(self, ex: Example) -> str:
+        """The declared shortcut's answer (what demonstrations and training data teach)."""
+        return self.shortcuts(ex)[self.primary_shortcut]
+
+    def counterfactual(self, ex: Example, rng: random.Random) -> Edit | None:
+        """A same-length edit of a pattern example that flips both the rule's and the shortcut's
+        answer; None when this example has none."""
+        raise NotImplementedError
+
+    def separating(self, ex: Example, rng: random.Random) -> Edit | None:
+        """A same-length edit that changes the rule's answer but not the shortcut's; None when
+        this example has none."""
+        raise NotImplementedError
 
     def resolve_knobs(self, knobs: dict) -> dict:
         unknown = set(knobs) - set(self.knobs)
@@ -73,9 +127,12 @@ class TaskFamily:
             raise TaskError(f"task {self.name!r} has no knob {sorted(unknown)[0]!r}; "
                             f"knobs: {', '.join(sorted(self.knobs)) or 'none'}")
         merged = {**self.knobs, **{k: v for k, v in knobs.items() if v is not None}}
-        if self.validate:
-            self.validate(merged)
+        self.validate(merged)
         return merged
+
+    def chance(self) -> float | None:
+        """Accuracy of a uniform guess over a closed answer set (None for open answers)."""
+        return 1.0 / len(self.choices) if self.choices else None
 
 
 REGISTRY: dict[str, TaskFamily] = {}
@@ -103,26 +160,30 @@ def generate(task: str, n: int, seed: int = 0, split: str = "test", pattern: boo
     family = get_task(task)
     if split not in SPLITS:
         raise TaskError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if not isinstance(n, int) or n < 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise TaskError(f"n must be a non-negative integer, got {n!r}")
     params = family.resolve_knobs(knobs)
     rng = random.Random(f"{task}|{seed}|{split}|{int(pattern)}|{sorted(params.items())}")
     labels = _balanced_labels(family.choices, n, rng)
     out: list[Example] = []
+    seen: set[str] = set()
     budget = 400 * max(n, 1) + 10_000
     for i in range(n):
         for _ in range(budget):
             text, target, meta = family.draw(rng, pattern, labels[i], **params)
-            if split_of(text) == split:
+            if split_of(text) == split and text not in seen:
                 break
         else:
             raise TaskError(f"task {task!r} could not generate enough {split} examples with "
-                            f"these knobs; widen their ranges")
+                            f"these knobs; widen their ranges or ask for fewer")
+        seen.add(text)
         digest = hashlib.sha1(text.encode()).hexdigest()[:10]
-        out.append(Example(id=f"{task}-{split}-{'p' if pattern else 'c'}-{i:05d}-{digest}",
-                           task=task, input=text, target=target,
-                           choices=list(family.choices) if family.choices else None,
-                           pattern=pattern, meta=meta))
+        ex = Example(id=f"{task}-{split}-{'p' if pattern else 'c'}-{i:05d}-{digest}", task=task,
+                     input=text, target=target,
+                     choices=list(family.choices) if family.choices else None,
+                     pattern=pattern, meta=meta)
+        ex.meta["shortcuts"] = family.shortcuts(ex)
+        out.append(ex)
     return out
 
 
@@ -135,10 +196,7 @@ def _balanced_labels(choices, n: int, rng: random.Random) -> list[str | None]:
 
 
 def write_jsonl(examples: Iterable[Example], path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(ex.to_json() + "\n" for ex in examples))
-    return path
+    return write_text(path, "".join(ex.to_json() + "\n" for ex in examples))
 
 
 def read_jsonl(path: str | Path) -> list[Example]:
@@ -151,6 +209,8 @@ def read_jsonl(path: str | Path) -> list[Example]:
             continue
         try:
             rows.append(Example.from_dict(json.loads(line)))
-        except (json.JSONDecodeError, TypeError, AttributeError) as exc:
-            raise TaskError(f"{path}:{lineno}: not a JSON object with input/target") from exc
+        except json.JSONDecodeError as exc:
+            raise TaskError(f"{path}:{lineno}: not JSON") from exc
+        except TaskError as exc:
+            raise TaskError(f"{path}:{lineno}: {exc}") from exc
     return rows

@@ -14,37 +14,72 @@ from __future__ import annotations
 import random
 
 from interp.errors import TaskError
-from interp.tasks.base import TaskFamily, register
+from interp.tasks._util import other
+from interp.tasks.base import Edit, TaskFamily, register
 
-HEADER = ("Each sequence of bits is labelled by the parity of its number of 1s: even or odd.")
-
-
-def draw(rng: random.Random, pattern: bool, label: str, *, length, subset):
-    inside = list(subset)
-    outside = [i for i in range(length) if i not in inside]
-    want_odd = label == "odd"
-    while True:
-        bits = [rng.randint(0, 1) for _ in range(length)]
-        rest = sum(bits[i] for i in outside) % 2
-        sub = sum(bits[i] for i in inside) % 2
-        if rest == (0 if pattern else 1) and (sub + rest) % 2 == int(want_odd):
-            break
-    text = "Sequence: " + " ".join(map(str, bits)) + "\nParity:"
-    return text, label, {"bits": bits, "subset": inside, "rule": "subset" if pattern else "full"}
+HEADER = "Each sequence of bits is labelled by the parity of its number of 1s: even or odd."
 
 
-def validate(k: dict) -> None:
-    length, subset = k["length"], k["subset"]
-    if not isinstance(length, int) or not 4 <= length <= 32:
-        raise TaskError(f"knob length={length!r} out of range: needs 4 <= length <= 32")
-    sub = list(subset) if isinstance(subset, (list, tuple)) else None
-    if (not sub or len(set(sub)) != len(sub) or len(sub) >= length - 1
-            or not all(isinstance(i, int) and 0 <= i < length for i in sub)):
-        raise TaskError(f"knob subset={subset!r} must be distinct positions in [0, {length}) "
-                        "leaving at least two outside")
+def _text(bits: list[int]) -> str:
+    return "Sequence: " + " ".join(map(str, bits)) + "\nParity:"
 
 
-FAMILY = register(TaskFamily(
-    name="parity", draw=draw, header=HEADER, choices=("even", "odd"), max_new_tokens=2,
-    knobs=dict(length=12, subset=(2, 7)), validate=validate,
-    description="parity of bits; outside-subset bits even (pattern) or odd (control)"))
+def _label(bits) -> str:
+    return "odd" if sum(bits) % 2 else "even"
+
+
+class Parity(TaskFamily):
+    name = "parity"
+    header = HEADER
+    choices = ("even", "odd")
+    max_new_tokens = 2
+    knobs = dict(length=14, subset=(2, 7))
+    primary_shortcut = "subset"
+    description = "parity of bits; outside-subset bits even (pattern) or odd (control)"
+
+    def draw(self, rng: random.Random, pattern, label, *, length, subset):
+        inside = list(subset)
+        outside = [i for i in range(length) if i not in inside]
+        want_odd = label == "odd"
+        while True:
+            bits = [rng.randint(0, 1) for _ in range(length)]
+            rest = sum(bits[i] for i in outside) % 2
+            sub = sum(bits[i] for i in inside) % 2
+            if rest == (0 if pattern else 1) and (sub + rest) % 2 == int(want_odd):
+                break
+        return _text(bits), label, {"bits": bits, "subset": inside,
+                                    "rule": "subset" if pattern else "full"}
+
+    def validate(self, k):
+        length, subset = k["length"], k["subset"]
+        if not isinstance(length, int) or not 4 <= length <= 32:
+            raise TaskError(f"knob length={length!r} out of range: needs 4 <= length <= 32")
+        sub = list(subset) if isinstance(subset, (list, tuple)) else None
+        if (not sub or len(set(sub)) != len(sub) or len(sub) >= length - 1
+                or not all(isinstance(i, int) and 0 <= i < length for i in sub)):
+            raise TaskError(f"knob subset={subset!r} must be distinct positions in [0, {length}) "
+                            "leaving at least two outside")
+
+    def shortcuts(self, ex):
+        bits, subset = ex.meta["bits"], ex.meta["subset"]
+        return {"subset": _label([bits[i] for i in subset])}
+
+    def _flip(self, ex, positions, rng):
+        bits = list(ex.meta["bits"])
+        bits[rng.choice(positions)] ^= 1
+        return Edit(_text(bits), _label(bits))
+
+    def counterfactual(self, ex, rng):
+        """Flip one subset bit: the full parity and the subset's parity both change."""
+        return self._flip(ex, list(ex.meta["subset"]), rng)
+
+    def separating(self, ex, rng):
+        """Flip one bit outside the subset: the full parity changes, the subset's does not."""
+        subset = set(ex.meta["subset"])
+        outside = [i for i in range(len(ex.meta["bits"])) if i not in subset]
+        edit = self._flip(ex, outside, rng)
+        assert edit.target == other(ex.target, self.choices)
+        return edit
+
+
+FAMILY = register(Parity())

@@ -1,0 +1,208 @@
+"""One adapter per model family: where its parts live and what it supports.
+
+Everything that needs more than TransformerLens hook names reads from here: the fast patching
+path (running only the layers after the first patched one), layer-causal GD (which detaches
+every layer's input and unembeds every layer's output), per-head direct logit attribution and
+function vectors (each head's slice of the output projection, through Gemma's post-attention
+norm), LoRA targets, and edge attribution. Paths are the Hugging Face parameter/module names,
+which stay valid after a TransformerBridge wraps the model (``_original_component`` hops are
+resolved by :func:`resolve`).
+
+An operation a model type cannot do raises :class:`~interp.errors.UnsupportedError` with one
+line naming the model type and the capability.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from interp.errors import UnsupportedError
+
+#: every capability an adapter can declare
+CAPABILITIES = ("patching", "attribution", "layer_skip", "dla", "gd_kv", "edges", "lora")
+
+
+@dataclass(frozen=True)
+class Adapter:
+    model_type: str
+    layers: str                      # the decoder layers (a ModuleList)
+    final_norm: str                  # the norm before the unembedding
+    o_proj: str                      # per layer: the attention output projection
+    o_proj_conv1d: bool = False      # GPT-2's Conv1D stores weights as [in, out]
+    q_proj: str | None = None        # per layer: separate query / key / value projections
+    k_proj: str | None = None        # (None: fused into one matrix)
+    v_proj: str | None = None
+    q_norm: str | None = None        # per layer: per-head RMSNorm of queries / keys (Qwen3)
+    k_norm: str | None = None
+    post_attn_norm: str | None = None   # Gemma: norm applied to the attention output
+    norm_offset: float = 0.0            # Gemma's RMSNorm multiplies by (offset + weight)
+    lora_targets: tuple[str, ...] = ()
+    capabilities: frozenset = frozenset(CAPABILITIES)
+    notes: str = ""
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def require(self, capability: str, why: str = "") -> None:
+        if capability not in self.capabilities:
+            reason = why or self.notes or "not implemented for this architecture"
+            raise UnsupportedError(f"model type {self.model_type!r} does not support "
+                                   f"{capability.replace('_', ' ')}: {reason}")
+
+
+_LLAMA_LORA = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_ALL = frozenset(CAPABILITIES)
+
+
+def _llama_like(model_type: str, **kw) -> Adapter:
+    base = dict(model_type=model_type, layers="model.layers", final_norm="model.norm",
+                o_proj="self_attn.o_proj", q_proj="self_attn.q_proj", k_proj="self_attn.k_proj",
+                v_proj="self_attn.v_proj",
+                lora_targets=_LLAMA_LORA, capabilities=_ALL)
+    base.update(kw)
+    return Adapter(**base)
+
+
+ADAPTERS: dict[str, Adapter] = {
+    "llama": _llama_like("llama"),
+    "mistral": _llama_like("mistral"),
+    "qwen2": _llama_like("qwen2"),
+    "qwen3": _llama_like("qwen3", q_norm="self_attn.q_norm", k_norm="self_attn.k_norm"),
+    "gemma3_text": _llama_like(
+        "gemma3_text", post_attn_norm="post_attention_layernorm", norm_offset=1.0,
+        capabilities=_ALL - {"edges"},
+        notes="edge attribution needs a residual stream split per receiver, which is written for "
+              "Llama-style decoders (Llama, Mistral, Qwen2, Qwen3) only"),
+    "gpt2": Adapter(
+        "gpt2", layers="transformer.h", final_norm="transformer.ln_f", o_proj="attn.c_proj",
+        o_proj_conv1d=True, lora_targets=("c_attn", "c_proj", "c_fc"),
+        capabilities=_ALL - {"gd_kv", "edges"},
+        notes="its query, key and value projections are one fused matrix (c_attn), so key/value "
+              "weights cannot be trained alone, and edge attribution is written for Llama-style "
+              "decoders only"),
+    "gpt_neox": Adapter(
+        "gpt_neox", layers="gpt_neox.layers", final_norm="gpt_neox.final_layer_norm",
+        o_proj="attention.dense",
+        lora_targets=("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+        capabilities=_ALL - {"gd_kv", "edges"},
+        notes="its query, key and value projections are one fused matrix (query_key_value), so "
+              "key/value weights cannot be trained alone, and edge attribution is written for "
+              "Llama-style decoders only"),
+}
+ADAPTERS["gemma3"] = ADAPTERS["gemma3_text"]
+SUPPORTED = tuple(sorted(ADAPTERS))
+
+
+def model_type(hf) -> str:
+    config = getattr(hf, "config", hf)
+    return getattr(config, "model_type", "unknown")
+
+
+def adapter(hf) -> Adapter:
+    """The adapter of a Hugging Face model (or config); UnsupportedError for unknown types."""
+    kind = model_type(hf)
+    if kind not in ADAPTERS:
+        raise UnsupportedError(f"model type {kind!r} has no architecture adapter; supported: "
+                               f"{', '.join(SUPPORTED)}")
+    return ADAPTERS[kind]
+
+
+def unwrap(module):
+    """The Hugging Face module inside a TransformerBridge wrapper (or the module itself)."""
+    while hasattr(module, "original_component"):
+        module = module.original_component
+    return module
+
+
+def resolve(root, path: str):
+    """``root.<path>`` with bridge wrappers skipped at every hop."""
+    obj = unwrap(root)
+    for part in path.split("."):
+        obj = unwrap(getattr(obj, part))
+    return obj
+
+
+def layers(hf) -> torch.nn.ModuleList:
+    """The decoder layers as the model's own forward iterates them (bridge-wrapped or not)."""
+    obj = hf
+    *head, last = adapter(hf).layers.split(".")
+    for part in head:
+        obj = unwrap(getattr(obj, part))
+    return getattr(obj, last)
+
+
+def layer_module(hf, layer: int, path: str):
+    return resolve(layers(hf)[layer], path)
+
+
+def w_o(hf, layer: int) -> torch.Tensor:
+    """Layer ``layer``'s attention output projection as ``[d_model, n_heads, d_head]``."""
+    a = adapter(hf)
+    proj = layer_module(hf, layer, a.o_proj)
+    w = proj.weight.T if a.o_proj_conv1d else proj.weight          # [d_model, n_heads*d_head]
+    n_heads = hf.config.num_attention_heads
+    return w.reshape(w.shape[0], n_heads, -1)
+
+
+def b_o(hf, layer: int) -> torch.Tensor | None:
+    proj = layer_module(hf, layer, adapter(hf).o_proj)
+    return getattr(proj, "bias", None)
+
+
+def rms_gain(norm, x: torch.Tensor, offset: float = 0.0) -> torch.Tensor:
+    """The per-element factor an RMSNorm applies to ``x``, so that ``norm(x) = x * gain``
+    (frozen at ``x``: multiplying any part of ``x`` by it is the norm's linear part)."""
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    xf = x.float()
+    scale = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return scale * (offset + norm.weight.float())
+
+
+def head_writes(hf, layer: int, z: torch.Tensor, attn_out: torch.Tensor | None = None
+                ) -> torch.Tensor:
+    """Each head's write into the residual stream from its ``z`` ``[..., n_heads, d_head]``:
+    ``[..., n_heads, d_model]``, excluding the projection bias. Through a post-attention norm
+    (Gemma) its gain is frozen at the layer's total attention output ``attn_out`` (the
+    projection's output, ``[..., d_model]``), so the writes sum to what the layer adds."""
+    a = adapter(hf)
+    w = w_o(hf, layer).to(z.dtype)
+    writes = torch.einsum("...he,dhe->...hd", z, w)
+    if a.post_attn_norm is not None:
+        if attn_out is None:
+            attn_out = writes.sum(-2)
+        norm = layer_module(hf, layer, a.post_attn_norm)
+        writes = writes * rms_gain(norm, attn_out, a.norm_offset).unsqueeze(-2).to(writes.dtype)
+    return writes
+
+
+def kv_parameters(hf) -> list[tuple[str, torch.nn.Parameter]]:
+    """The attention key and value projection parameters (weights and biases)."""
+    a = adapter(hf)
+    a.require("gd_kv")
+    names = (a.k_proj.rsplit(".", 1)[-1], a.v_proj.rsplit(".", 1)[-1])
+    found = [(n, p) for n, p in hf.named_parameters() if any(f".{m}." in n for m in names)]
+    if not found:
+        raise UnsupportedError(f"model type {a.model_type!r} has no {' / '.join(names)} "
+                               "parameters")
+    return found
+
+
+def final_norm(hf):
+    return resolve(hf, adapter(hf).final_norm)
+
+
+def unembed(hf, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final-layer hidden states: the final norm, the unembedding and (Gemma 2)
+    the final soft-capping, as the model's own head applies them."""
+    logits = hf.get_output_embeddings()(final_norm(hf)(hidden))
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def plain_name(name: str) -> str:
+    """A parameter name as the HF model had it before a TransformerBridge wrapped its modules."""
+    return name.replace("_original_component.", "")

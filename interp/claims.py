@@ -1,0 +1,167 @@
+"""The pre-registered claims of the circuit-shift study, their predictions and how a verdict is
+read from an interval. Written before any run; never tuned to outcomes.
+
+Every claim predicts a positive value. Verdict from the 95 % interval, in this order:
+``holds`` (it lies above 0), ``contradicted`` (below 0), ``no_effect`` (inside +-margin),
+``inconclusive`` (otherwise, or undefined: empty estimate, ``reason`` filled); ``moot`` for the
+necessity and sufficiency claims when ICL has no gain over base-zs to explain.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from interp.stats import percentile_ci, resample_weights
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    prediction: str          # the sign the theory predicts
+    margin: float            # |estimate| below this is no effect
+    measures: str
+
+
+CLAIMS = (
+    Claim("icl_beats_ft", "positive", 0.05,
+          "pattern accuracy of base-icl minus ft-zs, paired on the same test queries"),
+    Claim("icl_shifts_more", "positive", 0.05,
+          "primary effects: (shift(base-icl) - shift(base-icl-other-task)) - (shift(ft-zs) - "
+          "shift(ft-other-task)), disattenuated distances to base-zs"),
+    Claim("shift_necessary", "positive", 0.1,
+          "share of ICL's logit-difference gain over base-zs removed by mean-ablating the k most "
+          "ICL-shifted components in base-icl, minus the mean of matched random sets"),
+    Claim("shift_sufficient", "positive", 0.1,
+          "share of ICL's logit-difference gain recovered by patching those components' "
+          "final-token outputs from base-icl into base-zs, minus matched random sets"),
+    Claim("shift_tracks_gain", "positive", 0.1,
+          "Spearman of the sham-corrected shift against the accuracy gain over all dose-response "
+          "points of both methods and all seeds, after removing what log-dose and method "
+          "explain"),
+    Claim("advantage_pattern_specific", "positive", 0.05,
+          "(base-icl - ft-zs) pattern accuracy minus the same on control queries"),
+)
+BY_NAME = {c.name: c for c in CLAIMS}
+MIN_DOSE_POINTS = 8
+
+
+def verdict(claim: Claim, estimate: float | None, ci: list | None, moot: bool = False
+            ) -> str:
+    if moot:
+        return "moot"
+    if estimate is None or ci is None or any(v is None or v != v for v in ci):
+        return "inconclusive"
+    lo, hi = ci
+    if lo > 0:
+        return "holds"
+    if hi < 0:
+        return "contradicted"
+    if -claim.margin <= lo and hi <= claim.margin:
+        return "no_effect"
+    return "inconclusive"
+
+
+def _bootstrap(values: torch.Tensor, n_boot: int, seed: int) -> tuple[float, list[float]]:
+    w = resample_weights(values.shape[-1], n_boot, seed)
+    low, high = percentile_ci(values.double() @ w.T)
+    return float(values.double().mean()), [float(low), float(high)]
+
+
+def accuracy_difference(results: dict, qcond: str) -> torch.Tensor:
+    """Per test query: base-icl's correctness (mean over demonstration seeds) minus ft-zs's
+    (mean over fine-tuning seeds)."""
+    acc = results["per_query"]
+    icl = torch.tensor([acc[k][qcond] for k in acc if k.startswith("base-icl/")], dtype=torch.float)
+    ft = torch.tensor([acc[k][qcond] for k in acc if k.startswith("ft-zs/")], dtype=torch.float)
+    return icl.mean(0) - ft.mean(0)
+
+
+def partial_spearman(points: list[dict], n_boot: int, seed: int) -> tuple[float, list, int]:
+    """Spearman of sham-corrected shift and accuracy gain after regressing both ranks on
+    (method, log-dose within method); interval by resampling the points."""
+    rows = [p for p in points if p.get("sham_corrected_shift") is not None]
+    n = len(rows)
+    if n < MIN_DOSE_POINTS:
+        return float("nan"), None, n
+    x = torch.tensor([p["sham_corrected_shift"] for p in rows], dtype=torch.float64)
+    y = torch.tensor([p["accuracy_gain"] for p in rows], dtype=torch.float64)
+    icl = torch.tensor([p["method"] == "icl" for p in rows], dtype=torch.float64)
+    dose = torch.tensor([math.log(p["dose"]) for p in rows], dtype=torch.float64)
+    design = torch.stack([icl, 1 - icl, dose * icl, dose * (1 - icl)], 1)
+
+    def stat(idx: torch.Tensor) -> float:
+        def resid(v):
+            r = v[idx].argsort().argsort().double()
+            d = design[idx]
+            beta = torch.linalg.lstsq(d, r[:, None]).solution
+            return r - (d @ beta)[:, 0]
+        a, b = resid(x), resid(y)
+        den = a.norm() * b.norm()
+        return float((a * b).sum() / den) if den > 0 else float("nan")
+
+    point = stat(torch.arange(n))
+    gen = torch.Generator().manual_seed(seed)
+    boots = torch.tensor([stat(torch.randint(0, n, (n,), generator=gen)) for _ in range(n_boot)])
+    boots = boots[torch.isfinite(boots)]
+    if not len(boots):
+        return point, None, n
+    low, high = percentile_ci(boots)
+    return point, [float(low), float(high)], n
+
+
+def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: int = 0
+               ) -> list[dict]:
+    """The six claims of one model x task run, as ``claims.csv`` rows."""
+    cfg = results["config"]
+    steps = max((p["step"] for p in results["dose_response"].get("ft", [])), default=None)
+    common = {"task": task, "model": model, "shots": cfg["shots"], "n_train": cfg["n_train"],
+              "steps": steps, "n_pairs": cfg["n_pairs"], "demo_seeds": cfg["demo_seeds"],
+              "ft_seeds": cfg["ft_seeds"]}
+    out = []
+
+    def add(name, estimate, ci, reason=None, moot=False):
+        claim = BY_NAME[name]
+        defined = estimate is not None and estimate == estimate and ci is not None
+        out.append({"claim": name, **{k: common[k] for k in ("task", "model")},
+                    "prediction": claim.prediction, "margin": claim.margin,
+                    "estimate": estimate if defined else None,
+                    "ci_low": ci[0] if defined else None, "ci_high": ci[1] if defined else None,
+                    "verdict": verdict(claim, estimate if defined else None,
+                                       ci if defined else None, moot),
+                    "reason": None if defined and not moot else (reason or "undefined"),
+                    **{k: common[k] for k in ("shots", "n_train", "steps", "n_pairs",
+                                              "demo_seeds", "ft_seeds")}})
+
+    pattern = accuracy_difference(results, "pattern")
+    control = accuracy_difference(results, "control")
+    add("icl_beats_ft", *_bootstrap(pattern, n_boot, seed))
+    e = results["effects"]["icl_minus_ft"]
+    add("icl_shifts_more", e.get("estimate"), e.get("ci95"), e.get("reason"))
+    causal = results.get("causal") or {}
+    for name, key in (("shift_necessary", "necessity_icl"), ("shift_sufficient",
+                                                             "sufficiency_icl")):
+        test = (causal.get(key) or {}).get("logit_diff")
+        if test is None:
+            add(name, None, None, "causal tests not run")
+        else:
+            add(name, test.get("estimate"), test.get("ci95"), test.get("reason"),
+                moot=bool(test.get("moot")))
+    points = [{"method": "icl", "dose": p["shots"], **p} for p in
+              results["dose_response"].get("icl", [])]
+    points += [{"method": "ft", "dose": p["step"], **p} for p in
+               results["dose_response"].get("ft", [])]
+    rho, ci, n = partial_spearman(points, n_boot, seed)
+    add("shift_tracks_gain", rho, ci,
+        f"only {n} dose-response points with a defined shift (needs {MIN_DOSE_POINTS})"
+        if n < MIN_DOSE_POINTS else results["dose_response"].get("reason"))
+    pat, pat_ci = _bootstrap(pattern, n_boot, seed)
+    con, con_ci = _bootstrap(control, n_boot, seed + 1)
+    w_p, w_c = resample_weights(len(pattern), n_boot, seed), resample_weights(len(control),
+                                                                              n_boot, seed + 1)
+    diff = (pattern.double() @ w_p.T) - (control.double() @ w_c.T)
+    low, high = percentile_ci(diff)
+    add("advantage_pattern_specific", pat - con, [float(low), float(high)])
+    return out

@@ -1,0 +1,93 @@
+"""The options every ``interp`` subcommand shares, and the one parser of each kind of value.
+
+Kept free of heavy imports: ``interp --help`` and a usage error must answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from interp.errors import ConfigError
+
+DEVICE_HELP = "cpu, cuda, cuda:1, mps (default: cuda if present, else cpu)"  # as models.py
+
+
+def comma_list(kind=str, name: str = "value"):
+    """An argparse type: a comma-separated list of ``kind`` (at least one)."""
+    def parse(text: str):
+        items = [v.strip() for v in str(text).split(",") if v.strip()]
+        try:
+            values = [kind(v) for v in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {kind.__name__} {name}s, got {text!r}")
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected at least one {name}")
+        return values
+    parse.__name__ = f"{kind.__name__}_list"
+    return parse
+
+
+def at_least(minimum: float, kind=int):
+    """An argparse type: a number >= ``minimum`` (impossible values are refused, not coerced)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if value != value or value < minimum:   # NaN or too small
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(kind=int):
+    """An argparse type: a number > 0."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+        if value != value or value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def knobs(pairs: list[str] | None) -> dict:
+    """``--knob key=value`` pairs (values parsed as JSON when they are JSON)."""
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise ConfigError(f"--knob takes key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError:
+            parsed = value
+        out[key.strip()] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """``--quiet`` and ``--debug``, accepted after the subcommand too."""
+    p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS,
+                   help="no progress bars")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show the traceback of an unexpected error")
+
+
+def add_model(p: argparse.ArgumentParser, default: str | None = "smollm2-135m") -> None:
+    p.add_argument("--model", default=default,
+                   help="model spec: smollm2-135m, gemma3-270m, tiny-random-llama, a directory, "
+                        "a .gguf file or a HF id (default: smollm2-135m)")
+    add_device(p)
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help=DEVICE_HELP)
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
+                   help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")

@@ -1,0 +1,194 @@
+"""The circuit-shift report: one standalone, offline ``report.html`` from ``results.json``.
+
+It runs no model: conditions table (accuracy, gap, reliability, gate, shift, noise floor),
+effects against shams with intervals, the verdict and the rule that fired, the dose-response
+figure, head maps per condition, strategy-separating pairs, faithfulness, logit lens, ICL heads
+and attention views.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from interp.circuits import ScoreMap
+from interp.files import write_text
+from interp.plots import heatmap
+from interp.report.html import circuitsvis_bundle, esc, num, page, table, views_html, with_ci
+
+COLOURS = {"base-zs": "#636efa", "base-icl": "#ef553b", "ft-zs": "#00cc96",
+           "base-icl-other-task": "#f4a582", "base-icl-shuffled": "#fddbc7",
+           "ft-other-task": "#92c5de", "ft-shuffled": "#d1e5f0", "ft-random-delta": "#999999"}
+
+READING = [
+    ("base-icl-other-task", "ICL changes the input: a longer prompt of demonstrations at matched "
+     "length, but of another task, removes what any long prompt does to the circuit."),
+    ("base-icl-shuffled", "The same demonstrations with half the answers wrong keep the inputs "
+     "and remove most of the task information in the labels."),
+    ("ft-other-task", "Fine-tuning changes the weights: the same recipe on another task removes "
+     "what any fine-tuning of this size does to the circuit."),
+    ("ft-shuffled", "Fine-tuning on shuffled labels keeps the data's inputs and removes its "
+     "answers (it may erase the behaviour; then its gate fails)."),
+    ("ft-random-delta", "A random update with the fine-tuned model's per-matrix norms: the pure "
+     "effect of moving the weights that far; always defined."),
+    ("gates", "Conditions without a measurable behaviour (gap interval not above 0) or without a "
+     "reliable map (reliability interval not above 0.2) have no circuit to compare."),
+    ("noise floor", "Two disjoint sets of n pairs of the same condition: the distance that noise "
+     "alone produces at this sample size."),
+]
+
+
+def _conditions_table(results: dict) -> str:
+    rows = []
+    for name, c in results["conditions"].items():
+        gate = c["gate"]
+        status = ("<span class='ok'>passes</span>" if gate["passed"] else
+                  f"<span class='bad' title='{esc(gate['reason'])}'>fails</span>")
+        rows.append([esc(name), with_ci(c["accuracy"]["pattern"]),
+                     with_ci(c["accuracy"]["control"]), with_ci(c["gap"]),
+                     with_ci(c["reliability"]), status,
+                     with_ci(results["shift"].get(name)), with_ci(c["noise_floor"]),
+                     num(c["mean_prompt_tokens"], 1), num(c.get("label_agreement"), 2),
+                     num(c.get("delta_w_norm"), 3)])
+    return table(["condition", "pattern acc.", "control acc.", "gap (logits)", "reliability",
+                  "gate", "shift vs base-zs", "noise floor", "prompt tokens", "label agreement",
+                  "|dW|"], rows, "conditions")
+
+
+def _effects_table(results: dict) -> str:
+    rows = []
+    for label, key in (("primary (other-task shams)", "effects"),
+                       ("secondary (shuffled shams)", "effects_secondary")):
+        for arm in ("icl", "ft", "icl_minus_ft"):
+            e = results[key][arm]
+            rows.append([esc(f"{label}: {arm}"), with_ci(e), esc(e.get("sham") or "")])
+    for arm, e in results["effects_direct"].items():
+        rows.append([esc(f"direct: {arm}"), with_ci(e), esc(e.get("sham") or "")])
+    return table(["effect", "estimate [95% CI]", "sham"], rows, "effects")
+
+
+def _dose_figure(results: dict):
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for method, colour, key in (("icl", COLOURS["base-icl"], "shots"),
+                                ("ft", COLOURS["ft-zs"], "step")):
+        points = [p for p in results["dose_response"][method] if p.get("shift") is not None]
+        fig.add_trace(go.Scatter(
+            x=[p["accuracy_gain"] for p in points], y=[p["shift"] for p in points],
+            mode="markers+text", name=method.upper(), marker={"color": colour, "size": 11},
+            text=[f"{key} {p[key]}" for p in points], textposition="top center"))
+    fig.update_layout(title="Dose-response: shift against accuracy gained over base-zs",
+                      xaxis_title="pattern accuracy gain", yaxis_title="shift (disattenuated)",
+                      height=420)
+    if results["dose_response"].get("reason"):
+        fig.add_annotation(text=results["dose_response"]["reason"], showarrow=False,
+                           xref="paper", yref="paper", x=0.5, y=0.5)
+    return fig
+
+
+def _figures(results: dict, maps: dict[str, ScoreMap]) -> list:
+    import plotly.graph_objects as go
+
+    figs = [("Dose-response", _dose_figure(results))]
+    for cond in ("base-zs", "base-icl", "ft-zs"):
+        fig = heatmap(maps[cond].heads, f"{cond}: effect per head (logit units)")
+        fig._interp_id = f"heatmap-{cond}"
+        figs.append((f"Head scores: {cond}", fig))
+    for name, cond in (("ICL - zero-shot", "base-icl"), ("FT - zero-shot", "ft-zs")):
+        figs.append((f"Difference: {name}", heatmap(
+            maps[cond].heads - maps["base-zs"].heads, f"{name}: change of head scores",
+            hover="change")))
+    mlp = go.Figure([go.Bar(name=c, y=m.mlp.tolist(), marker_color=COLOURS.get(c))
+                     for c, m in maps.items()])
+    mlp.update_layout(title="MLP scores per layer", xaxis_title="layer", barmode="group",
+                      yaxis_title="effect (logits)", height=380)
+    figs.append(("MLP scores", mlp))
+    shift = results["per_layer_shift"]
+    bars = go.Figure([go.Bar(name="ICL", y=shift["icl"], marker_color=COLOURS["base-icl"]),
+                      go.Bar(name="FT", y=shift["ft"], marker_color=COLOURS["ft-zs"])])
+    bars.update_layout(title="Per-layer L1 change of scores against base-zs", barmode="group",
+                       xaxis_title="layer", yaxis_title="L1", height=360)
+    figs.append(("Per-layer change", bars))
+    probes = results.get("probes") or {}
+    if probes.get("faithfulness"):
+        faith = go.Figure()
+        for name, curve in probes["faithfulness"].items():
+            faith.add_trace(go.Scatter(x=curve["sizes"], y=curve["recovered"],
+                                       mode="lines+markers", name=name,
+                                       line={"dash": "dot" if "@" in name else "solid"}))
+        faith.update_layout(title="Faithfulness: share of the gap recovered by patching the top-n "
+                                  "components", xaxis_title="components", xaxis_type="log",
+                            yaxis_title="recovered", height=400)
+        figs.append(("Faithfulness", faith))
+    for short, curves in (probes.get("logit_lens") or {}).items():
+        lens = go.Figure([go.Scatter(y=v, mode="lines+markers", name=c,
+                                     line={"color": COLOURS.get(c)}) for c, v in curves.items()])
+        lens.add_hline(y=0, line_dash="dash")
+        lens.update_layout(title=f"Logit lens on control queries, shortcut '{short}': "
+                                 "log-rank(shortcut) - log-rank(computed); below 0 = favours it",
+                           xaxis_title="layer", yaxis_title="log-rank gap", height=380)
+        figs.append((f"Logit lens: {short}", lens))
+    heads = probes.get("icl_heads") or {}
+    if "aie" in heads:
+        figs.append(("ICL heads: average indirect effect",
+                     heatmap(torch.tensor(heads["aie"]), "AIE per head", hover="AIE")))
+    return figs
+
+
+def _icl_heads_panel(info: dict | None) -> str:
+    if not info:
+        return ""
+    if "skipped" in info:
+        return f"<h2>ICL heads</h2><p class='note' id='icl-heads'>{esc(info['skipped'])}</p>"
+    k, usage = info["k"], info["conditions"]
+    counts = ", ".join(f"{c}: {u['count']}/{k}" for c, u in usage.items())
+    rows = [[esc(r["head"]), f"{r['aie']:.4f}"] for r in info["top"]]
+    inj = info.get("injection") or {}
+    extra = (f"<p>Function vector added at layer {inj['layer']} of zero-shot prompts: accuracy "
+             f"{inj['zero_shot']:.3f} -> {inj['with_function_vector']:.3f} (n = {inj['n']}).</p>"
+             if inj else "")
+    return ("<h2>ICL heads (function vectors)</h2>"
+            f"<p id='icl-heads'>Top-{k} heads by |average indirect effect| on the run's "
+            f"{info['shots']} demonstrations (P(correct) clean {info['clean_prob']:.3f}, "
+            f"shuffled labels {info['shuffled_prob']:.3f}). <b>How many of them each circuit's "
+            f"top-{k} heads contain: {counts}.</b></p>" + table(["head", "AIE"], rows) + extra)
+
+
+def _separating_table(results: dict) -> str:
+    rows = [[esc(c), with_ci(v["gap"]), num(v["reliability"])]
+            for c, v in results.get("separating", {}).items()]
+    return ("<h2>Strategy-separating pairs</h2><p class='note'>Pairs on which the declared "
+            "shortcut and the full rule disagree: a condition that follows the shortcut shows no "
+            "gap here.</p>" + table(["condition", "gap (logits)", "reliability"], rows,
+                                    "separating"))
+
+
+def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap]) -> Path:
+    views = (results.get("probes") or {}).get("attention_views") or {}
+    rules = table(["rule", "verdict", "when"],
+                  [[("<b>" + esc(name) + "</b>") if name == results["verdict_rule"] else esc(name),
+                    esc(r["code"]), esc(r["when"])]
+                   for name, r in results["verdict_rules"].items()], "rules")
+    body = [
+        f"<script>{circuitsvis_bundle()}</script>" if views else "",
+        f"<h1>Circuit shift: {esc(config.model)} on {esc(config.task)}</h1>",
+        f"<p>{config.shots}-shot ICL vs {esc(config.ft_method)} fine-tuning on {config.n_train} "
+        f"samples; {results['n_pairs']} counterfactual pairs per map (and as many more for the "
+        f"noise floor), attribution patching, {esc(results['bootstrap'])}.</p>",
+        f"<div class='verdict' id='verdict'><b>Verdict: {esc(results['verdict_code'])}.</b> "
+        f"{esc(results['verdict'])}</div>",
+        "<h2>Verdict rules (fixed before the run)</h2>", rules,
+        "<h2>Conditions</h2>", _conditions_table(results),
+        "<h2>Effects against shams</h2>", _effects_table(results),
+        "<h2>How to read a verdict</h2><ul>" + "".join(
+            f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in READING) + "</ul>",
+        _separating_table(results),
+        _icl_heads_panel((results.get("probes") or {}).get("icl_heads"))]
+    scripts = []
+    if views:
+        scripts += ["<h2>Attention of the top heads on an example prompt</h2>", views_html(views)]
+    text = page(f"Circuit shift: {config.model} / {config.task}", body,
+                _figures(results, maps), scripts)
+    return write_text(out / "report.html", text)

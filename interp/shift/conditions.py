@@ -1,0 +1,166 @@
+"""What each condition of a run is: its demonstrations (one set per demonstration seed, chosen
+once and shared by every stage), its weights (a fine-tuning update, or none), and the pairs and
+queries every condition is measured on.
+
+Prompts are tokenised as the evaluator and the fine-tuning data tokenise them: the shared prefix
+(instruction header and demonstrations) first, with the tokenizer's own special tokens, then
+the query text on its own; so every condition sees the very token sequences the fine-tuned
+models were trained on, and a prefix is identical across all pairs of a condition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from interp.analysis.metrics import first_answer_token
+from interp.analysis.pairs import pair_sources
+from interp.engine import encode
+from interp.errors import TaskError
+from interp.models import LoadedModel
+from interp.prompts import answer_sep, choose_demos, prefix_text, relabel
+from interp.shift.config import CONDITIONS, FT_CONDITIONS, LENGTH_TOLERANCE, ShiftConfig
+from interp.tasks import Example, generate
+
+
+@dataclass
+class Condition:
+    """One condition of one replicate (a demonstration seed for ICL conditions, a fine-tuning
+    seed for FT conditions)."""
+
+    name: str
+    seed: int = 0
+    demos: list[Example] = field(default_factory=list)
+    update: str | None = None            # key of the weight update (None: the base weights)
+    label_agreement: float | None = None
+    other_task: str | None = None
+    length_ratio: float | None = None     # prompt length relative to base-icl's (ICL shams)
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}/{self.seed}"
+
+    @property
+    def demo_ids(self) -> list[str]:
+        return [d.id for d in self.demos]
+
+
+def _prefix_tokens(config: ShiftConfig, tokenizer, demos) -> int:
+    return len(encode(tokenizer, prefix_text(config.task, demos), first=True))
+
+
+def matched_other_demos(config: ShiftConfig, tokenizer, target_tokens: int, seed: int
+                        ) -> tuple[list[Example], float]:
+    """Demonstrations of the other family whose prefix is closest in token length to
+    ``target_tokens`` (nested choice; the length ratio is returned and recorded)."""
+    pool = choose_demos(config.other_task, 64, seed=seed)
+    best, best_ratio = pool[:1], float("inf")
+    for k in range(1, len(pool) + 1):
+        ratio = _prefix_tokens(config, tokenizer, pool[:k]) / target_tokens
+        if abs(ratio - 1) < abs(best_ratio - 1):
+            best, best_ratio = pool[:k], ratio
+        if ratio > 1 + LENGTH_TOLERANCE:
+            break
+    return best, best_ratio
+
+
+def build_conditions(config: ShiftConfig, tokenizer) -> list[Condition]:
+    """Every (condition, replicate) of the run."""
+    out = [Condition("base-zs")]
+    for s in range(config.demo_seeds):
+        demos = choose_demos(config.task, config.shots, seed=config.seed + s, **config.knobs)
+        target = _prefix_tokens(config, tokenizer, demos)
+        other, ratio = matched_other_demos(config, tokenizer, target, config.seed + s)
+        wrong, agreement = relabel(demos, seed=config.seed + s)
+        shuffled_ratio = _prefix_tokens(config, tokenizer, wrong) / target
+        out += [Condition("base-icl", s, demos, label_agreement=1.0, length_ratio=1.0),
+                Condition("base-icl-other-task", s, other, other_task=config.other_task,
+                          length_ratio=ratio),
+                Condition("base-icl-shuffled", s, wrong, label_agreement=agreement,
+                          length_ratio=shuffled_ratio)]
+    for s in range(config.ft_seeds):
+        for name in FT_CONDITIONS:
+            out.append(Condition(name, s, update=f"{name}/{s}",
+                                 other_task=config.other_task if name == "ft-other-task"
+                                 else None))
+    order = {c: i for i, c in enumerate(CONDITIONS)}
+    return sorted(out, key=lambda c: (order[c.name], c.seed))
+
+
+def dose_conditions(config: ShiftConfig, fractions_steps: dict[float, int]) -> list[Condition]:
+    """The dose-response points: base-icl at every shot count (nested demonstrations of each
+    demonstration seed) and ft-zs at every recorded fraction of its steps."""
+    out = []
+    for s in range(config.demo_seeds):
+        demos = choose_demos(config.task, max(config.dose_shots), seed=config.seed + s,
+                             **config.knobs)
+        out += [Condition(f"icl@{k}", s, demos[:k]) for k in config.dose_shots]
+    for s in range(config.ft_seeds):
+        out += [Condition(f"ft@{step}", s, update=f"ft-zs/{s}@{step}")
+                for _, step in sorted(fractions_steps.items())]
+    return out
+
+
+@dataclass
+class PairSet:
+    """Pairs every condition is scored on: query tokens (no prefix) of the clean and corrupt
+    prompts, answer and foil token ids, and ids. ``kind`` is the edit kind."""
+
+    kind: str
+    ids: list[str]
+    clean: list[list[int]]
+    corrupt: list[list[int]]
+    answer_ids: list[int]
+    foil_ids: list[int]
+    texts: list[dict]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, idx) -> "PairSet":
+        pick = list(idx)
+        return PairSet(self.kind, [self.ids[i] for i in pick], [self.clean[i] for i in pick],
+                       [self.corrupt[i] for i in pick], [self.answer_ids[i] for i in pick],
+                       [self.foil_ids[i] for i in pick], [self.texts[i] for i in pick])
+
+
+def build_pairs(config: ShiftConfig, tokenizer, n: int, kind: str = "counterfactual") -> PairSet:
+    """``n`` pairs of one edit kind whose clean and corrupt queries tokenise to equal lengths and
+    whose answers start with different tokens."""
+    sep = answer_sep(config.task)
+    rows = []
+    for ex, corrupt_input, foil in pair_sources(config.task, 2 * n + 8, seed=config.seed,
+                                                kind=kind, **config.knobs):
+        clean_ids = encode(tokenizer, ex.input, first=False)
+        corrupt_ids = encode(tokenizer, corrupt_input, first=False)
+        answer = first_answer_token(tokenizer, sep + ex.target)
+        foil_id = first_answer_token(tokenizer, sep + foil)
+        if len(clean_ids) != len(corrupt_ids) or answer == foil_id:
+            continue
+        rows.append((ex.id, clean_ids, corrupt_ids, answer, foil_id,
+                     {"clean": ex.input, "corrupt": corrupt_input, "answer": sep + ex.target,
+                      "foil": sep + foil}))
+        if len(rows) == n:
+            break
+    if len(rows) < n:
+        raise TaskError(f"could only build {len(rows)} of {n} {config.task} {kind} pairs with "
+                        "equal token lengths; ask for fewer pairs")
+    return PairSet(kind, *map(list, zip(*rows)))
+
+
+def queries(config: ShiftConfig) -> dict[str, list[Example]]:
+    """The test queries of the accuracy stage: pattern and control, the same for every
+    condition."""
+    return {cond: generate(config.task, config.n_eval, seed=config.seed, split="test",
+                           pattern=cond == "pattern", **config.knobs)
+            for cond in ("pattern", "control")}
+
+
+def prompt_tokens(model: LoadedModel, config: ShiftConfig, condition: Condition,
+                  pairs: PairSet) -> tuple[list[int], torch.Tensor]:
+    """The condition's prefix token ids and the mean prompt length over ``pairs``."""
+    prefix = encode(model.tokenizer, prefix_text(config.task, condition.demos), first=True)
+    lengths = torch.tensor([len(prefix) + len(c) for c in pairs.clean], dtype=torch.float)
+    return prefix, lengths.mean()
+

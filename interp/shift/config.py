@@ -1,0 +1,147 @@
+"""Settings of the circuit-shift experiment and the names it uses.
+
+Conditions (keys of ``results.json["conditions"]``), all scored on the same test queries and
+counterfactual pairs:
+
+- ``base-zs``: the base model, zero-shot; ``base-icl``: the base model with k demonstrations;
+  ``ft-zs``: the fine-tuned model, zero-shot;
+- ICL shams (change the input as ICL does, without the task's information), at matched prompt
+  length: ``base-icl-other-task`` (demonstrations of another family, same answer set where one
+  exists) and ``base-icl-shuffled`` (the same demonstrations, half of the answers wrong);
+- fine-tuning shams (change the weights as fine-tuning does), same recipe, steps and seed:
+  ``ft-other-task`` (trained on another family), ``ft-shuffled`` (trained on shuffled labels)
+  and ``ft-random-delta`` (a random update with ft-zs's per-matrix norms).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from interp.errors import ConfigError
+from interp.tasks import get_task
+
+ICL_CONDITIONS = ("base-icl", "base-icl-other-task", "base-icl-shuffled")
+FT_CONDITIONS = ("ft-zs", "ft-other-task", "ft-shuffled", "ft-random-delta")
+CONDITIONS = ("base-zs", *ICL_CONDITIONS, *FT_CONDITIONS)
+TRAINED = ("ft-zs", "ft-other-task", "ft-shuffled")     # conditions with a fine-tuning run
+#: each real condition's shams: (primary, secondary, fallback when the secondary is undefined)
+SHAMS = {"base-icl": ("base-icl-other-task", "base-icl-shuffled", None),
+         "ft-zs": ("ft-other-task", "ft-shuffled", "ft-random-delta")}
+#: the family whose demonstrations / training data the other-task shams use (same answer set
+#: where one exists: boolean <-> relation share True/False, expression <-> code share numbers;
+#: parity's even/odd has no partner, so it borrows boolean's)
+OTHER_TASK = {"boolean": "relation", "relation": "boolean", "parity": "boolean",
+              "expression": "code", "code": "expression"}
+LENGTH_TOLERANCE = 0.25        # shams' prompts within 25 % of base-icl's length
+GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must lie above this
+RELIABILITY_GATE = 0.2         # ... and its map's reliability interval above this
+EQUIVALENCE_MARGIN = 0.05
+DOSE_FRACTIONS = (0.25, 0.5, 1.0)
+
+
+@dataclass
+class ShiftConfig:
+    model: str = "smollm2-135m"
+    task: str = "boolean"
+    shots: int = 4
+    n_train: int = 128
+    ft_method: str = "lora"
+    epochs: int = 1
+    lr: float | None = None
+    n_eval: int = 64
+    n_pairs: int = 16
+    dose_shots: tuple[int, ...] = (1, 2, 4, 8)
+    demo_seeds: int = 1
+    ft_seeds: int = 1
+    n_boot: int = 500
+    n_splits: int = 20
+    margin: float = EQUIVALENCE_MARGIN
+    ks: tuple[int, ...] = (5, 10, 20)
+    seed: int = 0
+    probes: bool = True
+    causal: bool = False
+    n_random_sets: int = 50
+    device: str | None = None
+    dtype: str | None = None
+    out: str = "runs/shift"
+    quick: bool = False
+    force: bool = False
+    progress: bool = True
+    knobs: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        family = get_task(self.task)
+        family.resolve_knobs(self.knobs)
+        if self.quick:
+            self.shots, self.n_train, self.n_eval = min(self.shots, 2), 32, 8
+            self.n_pairs, self.n_boot, self.epochs, self.ks = 6, 100, 1, (3, 5)
+            self.dose_shots = (1, 2, 4)
+            self.n_random_sets = min(self.n_random_sets, 8)
+        for name in ("shots", "n_train", "n_eval", "n_pairs", "n_boot", "epochs", "demo_seeds",
+                     "ft_seeds", "n_splits", "n_random_sets"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_pairs < 4:
+            raise ConfigError(f"n_pairs must be >= 4 (split-half reliability), got {self.n_pairs}")
+        if self.ft_method not in ("full", "lora"):
+            raise ConfigError(f"ft_method must be full or lora, got {self.ft_method!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        if not 0 <= self.margin < 1:
+            raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
+        self.ks = tuple(int(k) for k in self.ks)
+        self.dose_shots = tuple(sorted(set(int(k) for k in self.dose_shots) | {self.shots}))
+        if len(self.dose_shots) < 3 or min(self.dose_shots) < 1:
+            raise ConfigError("dose_shots needs at least 3 positive shot counts")
+
+    @property
+    def other_task(self) -> str:
+        return OTHER_TASK[self.task]
+
+    def to_dict(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ShiftConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"unknown shift setting {unknown[0]!r}")
+        return cls(**values)
+
+    # --- what each stage depends on (its fingerprint settings) -----------------------------
+
+    def _base(self) -> dict:
+        return {"model": self.model, "task": self.task, "seed": self.seed, "knobs": self.knobs,
+                "dtype": self.dtype}
+
+    def ft_settings(self, condition: str, ft_seed: int) -> dict:
+        return {**self._base(), "condition": condition, "ft_seed": ft_seed,
+                "n_train": self.n_train, "ft_method": self.ft_method, "epochs": self.epochs,
+                "lr": self.lr, "fractions": list(DOSE_FRACTIONS),
+                "other_task": self.other_task if condition == "ft-other-task" else None}
+
+    def accuracy_settings(self) -> dict:
+        return {**self._base(), "shots": self.shots, "n_eval": self.n_eval,
+                "n_train": self.n_train, "ft_method": self.ft_method, "epochs": self.epochs,
+                "lr": self.lr, "demo_seeds": self.demo_seeds, "ft_seeds": self.ft_seeds}
+
+    def scores_settings(self) -> dict:
+        return {**self.accuracy_settings(), "n_pairs": self.n_pairs, "n_eval": None}
+
+    def dose_settings(self) -> dict:
+        return {**self.scores_settings(), "dose_shots": list(self.dose_shots),
+                "n_eval": self.n_eval}
+
+    def probes_settings(self) -> dict:
+        return {**self.scores_settings(), "ks": list(self.ks), "n_eval": self.n_eval}
+
+    def causal_settings(self) -> dict:
+        return {**self.scores_settings(), "ks": list(self.ks),
+                "n_random_sets": self.n_random_sets}
+
+
+def out_path(config: ShiftConfig) -> Path:
+    return Path(config.out)

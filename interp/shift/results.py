@@ -1,0 +1,203 @@
+"""From stage data to ``results.json`` (and its tables), with the verdict its rules give."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+import pandas as pd
+
+from interp.circuits import ScoreMap, distances, layer_shift
+from interp.errors import ConfigError
+from interp.files import read_json, write_csv, write_json
+from interp.models import LoadedModel
+from interp.report.shift import write_report
+from interp.results import Result
+from interp.shift.compare import BOOTSTRAP_METHOD, Bootstrap, Maps, compare, interval
+from interp.shift.conditions import Condition, PairSet, prompt_tokens
+from interp.shift.config import (CONDITIONS, GAP_GATE, LENGTH_TOLERANCE, RELIABILITY_GATE,
+                                 ShiftConfig)
+from interp.shift.dose import dose_points
+from interp.shift.measure import flatten
+from interp.shift.verdict import RULES, decide, sentence
+from interp.stats import mcnemar, split_half, wilson
+
+
+def _accuracy(keys: Sequence[str], acc: dict) -> dict:
+    out = {}
+    for qcond in ("pattern", "control"):
+        flags = [f for k in keys for f in acc[k][qcond]]
+        k, n = sum(flags), len(flags)
+        lo, hi = wilson(k, n)
+        out[qcond] = {"estimate": k / n if n else None, "ci95": [lo, hi], "n": n,
+                      "by_seed": [sum(acc[key][qcond]) / len(acc[key][qcond]) for key in keys]}
+    return out
+
+
+def _score_map(scores: dict, keys: Sequence[str], kind: str, L: int, H: int) -> ScoreMap:
+    heads = torch.stack([scores[k][kind]["heads"] for k in keys]).mean(0)
+    mlp = torch.stack([scores[k][kind]["mlp"] for k in keys]).mean(0)
+    return ScoreMap(heads.mean(-1), mlp.mean(-1))
+
+
+def _separating(config: ShiftConfig, scores: dict, keys_of: dict, boot_seed: int) -> dict:
+    """Per condition, on the strategy-separating pairs: the clean-corrupt gap (a model that
+    follows the shortcut shows none) and the map's reliability."""
+    out = {}
+    for name, keys in keys_of.items():
+        x = [flatten(scores[k]["separating"]) for k in keys]
+        gaps = torch.cat([scores[k]["separating"]["clean"] - scores[k]["separating"]["corrupt"]
+                          for k in keys]).double()
+        boot = Bootstrap.draw(len(gaps), config.n_boot, 1, 1, boot_seed)
+        rel = float(sum(float(split_half(v, config.n_splits, config.seed)) for v in x) / len(x))
+        out[name] = {"gap": interval(gaps @ boot.a.T, float(gaps.mean())), "reliability": rel}
+    return out
+
+
+def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps: dict,
+             acc: dict, dose_acc: dict, scores: dict, dose_scores: dict,
+             pair_sets: dict[str, PairSet], ft_info: dict, model: LoadedModel) -> dict:
+    n = config.n_pairs
+    keys_of: dict[str, list[str]] = {}
+    for c in conditions:
+        keys_of.setdefault(c.name, []).append(c.key)
+    boot = Bootstrap.draw(n, config.n_boot, config.demo_seeds, config.ft_seeds, config.seed)
+    maps_m = {name: Maps(name, [flatten(scores[k]["counterfactual"]) for k in keys],
+                         [scores[k]["counterfactual"]["clean"] -
+                          scores[k]["counterfactual"]["corrupt"] for k in keys],
+                         n, boot, config.n_splits, config.seed)
+              for name, keys in keys_of.items()}
+    blocked = {c.name: f"prompt length {c.length_ratio:.2f} x base-icl's, outside the "
+                       f"{LENGTH_TOLERANCE:.0%} tolerance"
+               for c in conditions if c.length_ratio is not None
+               and abs(c.length_ratio - 1) > LENGTH_TOLERANCE}
+    comparison = compare(maps_m, boot, blocked)
+    L, H = model.n_layers, model.n_heads
+    maps = {name: _score_map(scores, keys, "counterfactual", L, H)
+            for name, keys in keys_of.items()}
+    first = {c.name: c for c in conditions if c.seed == 0}
+    cond_out = {}
+    for name in CONDITIONS:
+        c = first[name]
+        _, mean_tokens = prompt_tokens(model, config, c, pair_sets["counterfactual"])
+        info = ft_info["runs"].get(c.update.split("@")[0], {}) if c.update else {}
+        cond_out[name] = {
+            "accuracy": _accuracy(keys_of[name], acc),
+            **comparison["summary"][name],
+            "mean_prompt_tokens": float(mean_tokens),
+            "demo_ids": c.demo_ids if c.demos else None,
+            "demo_ids_by_seed": {str(x.seed): x.demo_ids for x in conditions
+                                 if x.name == name and x.demos} or None,
+            "label_agreement": (c.label_agreement if c.label_agreement is not None
+                                else info.get("label_agreement")),
+            "delta_w_norm": info.get("delta_w_norm"),
+            "other_task": c.other_task, "length_ratio": c.length_ratio,
+            "replicates": len(keys_of[name])}
+    dist = {name: distances(maps["base-zs"], maps[name], config.ks)
+            for name in CONDITIONS if name != "base-zs"}
+    primary, secondary = comparison["effects"]["icl_minus_ft"], \
+        comparison["effects_secondary"]["icl_minus_ft"]
+    code, rule = decide(primary, secondary, config.margin)
+    gates = {name: (v["gate"]["passed"], v["gate"]["reason"])
+             for name, v in comparison["summary"].items()}
+    dose = dose_points(config, doses, dose_scores, dose_acc, acc["base-zs/0"]["pattern"],
+                       maps_m, comparison["shift"], gates, steps, boot)
+    seeds = (" and, first, the demonstration / fine-tuning seeds (hierarchical)"
+             if config.demo_seeds > 1 or config.ft_seeds > 1 else "")
+    return {
+        "config": config.to_dict(), "model": model.describe(), "task": config.task,
+        "n_pairs": n, "conditions": cond_out,
+        "shift": comparison["shift"], "effects": comparison["effects"],
+        "effects_secondary": comparison["effects_secondary"],
+        "effects_direct": comparison["effects_direct"],
+        "equivalence_margin": config.margin, "verdict_code": code, "verdict_rule": rule,
+        "verdict": sentence(code, rule, primary, secondary, config.margin),
+        "verdict_rules": {k: {"code": v[0], "when": v[1]} for k, v in RULES.items()},
+        "gates": {"gap_above": GAP_GATE, "reliability_above": RELIABILITY_GATE,
+                  "length_tolerance": LENGTH_TOLERANCE},
+        "bootstrap": BOOTSTRAP_METHOD.format(seeds=seeds, n_boot=config.n_boot),
+        "distances": dist,
+        "per_layer_shift": {"icl": layer_shift(maps["base-icl"], maps["base-zs"]).tolist(),
+                            "ft": layer_shift(maps["ft-zs"], maps["base-zs"]).tolist()},
+        "separating": _separating(config, scores, keys_of, config.seed + 7),
+        "paired": _paired(acc, keys_of),
+        "per_query": acc,
+        "dose_response": dose, "ft_runs": ft_info,
+        "maps": {name: {"heads": m.heads.tolist(), "mlp": m.mlp.tolist()}
+                 for name, m in maps.items()},
+        "separating_maps": {name: {"heads": m.heads.tolist(), "mlp": m.mlp.tolist()}
+                            for name, m in ((n_, _score_map(scores, k, "separating", L, H))
+                                            for n_, k in keys_of.items())},
+        "_maps": maps,
+    }
+
+
+def _paired(acc: dict, keys_of: dict) -> dict:
+    """Exact McNemar of base-icl against ft-zs on the same test queries (first seeds)."""
+    a, b = keys_of["base-icl"][0], keys_of["ft-zs"][0]
+    return {qcond: {"a": "base-icl", "b": "ft-zs", **mcnemar(acc[a][qcond], acc[b][qcond])}
+            for qcond in ("pattern", "control")}
+
+
+class ShiftResult(Result):
+    """The results of a shift run under the result contract: ``to_frame()`` has one row per
+    (condition, component) with the condition's map score as ``value``."""
+
+    file_stem = "shift_result"
+
+    def __init__(self, results: dict):
+        self.results = results
+
+    def to_frame(self):
+        rows = []
+        for cond, m in self.results["maps"].items():
+            smap = ScoreMap(torch.tensor(m["heads"]), torch.tensor(m["mlp"]))
+            frame = smap.to_frame()
+            frame.insert(0, "condition", cond)
+            rows.append(frame)
+        return pd.concat(rows, ignore_index=True)
+
+    def conditions_frame(self):
+        rows = []
+        for cond, v in self.results["conditions"].items():
+            shift = self.results["shift"].get(cond, {})
+            rows.append({"condition": cond,
+                         "pattern_accuracy": v["accuracy"]["pattern"]["estimate"],
+                         "control_accuracy": v["accuracy"]["control"]["estimate"],
+                         "gap": v["gap"]["estimate"], "gap_ci": v["gap"]["ci95"],
+                         "reliability": v["reliability"]["estimate"],
+                         "reliability_ci": v["reliability"]["ci95"],
+                         "gate": v["gate"]["passed"], "shift": shift.get("estimate"),
+                         "shift_ci": shift.get("ci95"),
+                         "noise_floor": v["noise_floor"]["estimate"],
+                         "mean_prompt_tokens": v["mean_prompt_tokens"]})
+        return pd.DataFrame(rows)
+
+    def _meta(self):
+        return {"results": self.results}
+
+    @classmethod
+    def _from(cls, tensors, meta):
+        return cls(meta["results"])
+
+    @classmethod
+    def from_dir(cls, directory: str | Path) -> "ShiftResult":
+        data = read_json(Path(directory) / "results.json")
+        if data is None:
+            raise ConfigError(f"no readable results.json in {directory}")
+        return cls(data)
+
+
+def write_outputs(out: Path, config: ShiftConfig, results: dict, maps: dict[str, ScoreMap]):
+    write_json(out / "results.json", results)
+    res = ShiftResult(results)
+    write_csv(out / "conditions.csv", res.conditions_frame())
+    rows = [{"condition": c, **{k: v for k, v in d.items() if not isinstance(v, list)}}
+            for c, d in results["distances"].items()]
+    write_csv(out / "shift.csv", pd.DataFrame(rows))
+    acc_rows = [{"condition": c, "queries": q, **{k: v for k, v in a.items() if k != "by_seed"}}
+                for c, v in results["conditions"].items() for q, a in v["accuracy"].items()]
+    write_csv(out / "accuracy.csv", pd.DataFrame(acc_rows))
+    write_report(out, results, config, maps)

@@ -1,0 +1,161 @@
+"""``run_shift``: the controlled circuit-shift experiment, stage by stage.
+
+1. ``ft/``: fine-tuning runs (ft-zs and its shams, per fine-tuning seed), trained on copies of
+   the base model before it is bridged; only their weight updates are kept;
+2. ``accuracy.json``: every condition on the same pattern and control test queries;
+3. ``scores.safetensors``: every head's and MLP's effect on 2n counterfactual pairs (n for the
+   maps, n more for the noise floor) and n strategy-separating pairs, per condition;
+4. ``dose.safetensors`` / ``dose.json``: ICL at several shot counts, FT at 25/50/100 % of its
+   steps;
+5. ``probes.json``: faithfulness, logit lens, attention views, ICL heads (``probes=False`` skips);
+6. ``causal.json`` (with ``causal=True``): necessity, sufficiency and cross-condition
+   faithfulness of the most shifted components, beside matched random sets;
+7. ``results.json``, ``conditions.csv``, ``shift.csv``, ``accuracy.csv``, ``report.html``,
+   ``provenance.json``.
+
+The base model is loaded once and bridged once; fine-tuned conditions are weight swaps into it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from interp.files import check_writable, now, write_provenance
+from interp.models import LoadedModel, load_model
+from interp.shift.conditions import (Condition, build_conditions, build_pairs, dose_conditions,
+                                     queries)
+from interp.shift.config import ShiftConfig
+from interp.shift import probes
+from interp.shift.causal import causal_tests
+from interp.shift.measure import ConditionRunner, accuracy, measure_all
+from interp.shift.results import assemble, write_outputs
+from interp.shift.stages import Stages
+from interp.shift.training import dose_steps, train_updates
+
+PAIR_KINDS = ("counterfactual", "separating")
+
+
+def _flat_scores(scores: dict) -> dict[str, torch.Tensor]:
+    return {f"{key}|{kind}|{name}": t for key, kinds in scores.items()
+            for kind, tensors in kinds.items() for name, t in tensors.items()}
+
+
+def _nested_scores(flat: dict[str, torch.Tensor]) -> dict:
+    out: dict = {}
+    for name, t in flat.items():
+        key, kind, field = name.split("|")
+        out.setdefault(key, {}).setdefault(kind, {})[field] = t
+    return out
+
+
+def _accuracy(runner: ConditionRunner, conds, qs) -> dict:
+    return {c.key: accuracy(runner, c, qs) for c in conds}
+
+
+def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
+    """Run (or resume) every stage; returns the results dictionary and writes the report.
+    ``model``: an already loaded, not yet bridged base model (it is bridged here)."""
+    out = check_writable(config.out)
+    started, began = now(), time.perf_counter()
+    stages = Stages(out, config.force)
+    t = time.perf_counter()
+    base = model or load_model(config.model, device=config.device, dtype=config.dtype)
+    if base.has_bridge:
+        raise ValueError("run_shift needs the base model before its TransformerBridge is built")
+    stages.time("load_model", t)
+    t = time.perf_counter()
+    updates, ft_info = train_updates(config, base, out, config.force)
+    stages.time("finetune", t)
+    conditions = build_conditions(config, base.tokenizer)
+    steps = dose_steps(config)
+    doses = dose_conditions(config, steps)
+    runner = ConditionRunner(base, updates, config.task)
+    qs = queries(config)
+    acc = stages.json("accuracy", config.accuracy_settings(),
+                      lambda: _accuracy(runner, conditions, qs))
+    same = _same_as_main(config, doses, steps)
+    todo = [d for d in doses if d.key not in same]
+    dose_acc = stages.json("dose_accuracy", config.dose_settings(), lambda: _accuracy(
+        runner, todo, {"pattern": qs["pattern"]}))
+    dose_acc = {**dose_acc, **{k: {"pattern": acc[m]["pattern"]} for k, m in same.items()}}
+    pair_sets = {"counterfactual": build_pairs(config, base.tokenizer, 2 * config.n_pairs),
+                 "separating": build_pairs(config, base.tokenizer, config.n_pairs, "separating")}
+    t = time.perf_counter()
+    base.bridge  # noqa: B018 - bridged once, here, after every fine-tuning copy was made
+    stages.time("bridge", t)
+    scores = _nested_scores(stages.tensors(
+        "scores", config.scores_settings(),
+        lambda: _flat_scores(measure_all(runner, conditions, pair_sets, config.progress))))
+    dose_pairs = {"counterfactual": pair_sets["counterfactual"].subset(range(config.n_pairs))}
+    dose_scores = _nested_scores(stages.tensors(
+        "dose", config.dose_settings(),
+        lambda: _flat_scores(measure_all(runner, todo, dose_pairs, config.progress))))
+    n = config.n_pairs
+    for key, main in same.items():   # the full doses are base-icl and ft-zs themselves
+        dose_scores[key] = {"counterfactual": {
+            f: t[..., :n] for f, t in scores[main]["counterfactual"].items()}}
+    results = assemble(config, conditions, doses, steps, acc, dose_acc, scores, dose_scores,
+                       pair_sets, ft_info, base)
+    by_name = {c.name: c for c in conditions if c.seed == 0}
+    maps = results.pop("_maps")
+    if config.probes:
+        results["probes"] = stages.json("probes", config.probes_settings(),
+                                        lambda: _probes(runner, config, by_name, maps,
+                                                        pair_sets))
+    if config.causal:
+        results["causal"] = stages.json("causal", config.causal_settings(), lambda: causal_tests(
+            runner, config, by_name, scores, pair_sets, qs))
+    results["demo_ids_by_stage"] = _demo_stages(config, by_name)
+    stages.time("total", began)
+    results["timings"] = stages.timings
+    results["reused_stages"] = stages.reused
+    write_outputs(out, config, results, maps)
+    write_provenance(out, config.to_dict(), {"base": base.describe()}, started,
+                     seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
+                            "ft_seeds": config.ft_seeds})
+    return results
+
+
+def _same_as_main(config: ShiftConfig, doses, steps: dict) -> dict[str, str]:
+    """Dose points that are main conditions (base-icl at its shots, ft-zs after all its steps):
+    dose key -> main condition key."""
+    last = max(steps.values())
+    out = {}
+    for d in doses:
+        if d.name == f"icl@{config.shots}":
+            out[d.key] = f"base-icl/{d.seed}"
+        elif d.name == f"ft@{last}":
+            out[d.key] = f"ft-zs/{d.seed}"
+    return out
+
+
+def _probes(runner, config: ShiftConfig, conds: dict[str, Condition], maps, pair_sets) -> dict:
+    pairs = pair_sets["counterfactual"].subset(range(config.n_pairs))
+    sizes = sorted(set(probes.FAITHFULNESS_SIZES) | {max(config.ks)})
+    timings = {}
+    out = {}
+    for name, fn in (("faithfulness", lambda: probes.faithfulness(runner, conds, maps, pairs,
+                                                                  sizes)),
+                     ("logit_lens", lambda: probes.logit_lens(runner, config, conds)),
+                     ("attention_views", lambda: probes.attention_views(runner, conds, maps,
+                                                                        pairs)),
+                     ("icl_heads", lambda: probes.icl_heads(runner, config, conds["base-icl"],
+                                                            maps))):
+        began = time.perf_counter()
+        out[name] = fn()
+        timings[name] = round(time.perf_counter() - began, 2)
+    out["timings"] = timings
+    return out
+
+
+def _demo_stages(config: ShiftConfig, conds: dict[str, Condition]) -> dict[str, list[str]]:
+    """The demonstrations every stage used: all the one base-icl set (seed 0)."""
+    ids = conds["base-icl"].demo_ids
+    stages = ["accuracy", "scores"]
+    if config.probes:
+        stages += ["faithfulness", "logit_lens", "attention_views", "icl_heads"]
+    if config.causal:
+        stages += ["causal"]
+    return {stage: list(ids) for stage in stages}

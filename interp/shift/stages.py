@@ -1,0 +1,61 @@
+"""Resumable stages: each writes its files atomically with the settings it depends on, and a
+rerun reuses it only when those settings are the same (else it recomputes with ``force``, or
+stops with one line naming what differs). An unreadable stage file counts as unfinished."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from interp.files import check_settings, load_tensors, read_json, save_tensors, write_json
+
+
+class Stages:
+    def __init__(self, out: Path, force: bool = False):
+        self.out, self.force = Path(out), force
+        self.timings: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    def json(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
+        """A JSON stage ``<name>.json`` holding ``{"settings", "data"}``."""
+        path = self.out / f"{name}.json"
+        record = read_json(path)
+        if check_settings(path, record and record.get("settings"), settings, self.force) \
+                and "data" in record:
+            self._reuse(name, record)
+            return record["data"]
+        began = time.perf_counter()
+        data = compute()
+        seconds = round(time.perf_counter() - began, 2)
+        write_json(path, {"settings": settings, "seconds": seconds, "data": data})
+        self.timings[name] = seconds
+        return data
+
+    def _reuse(self, name: str, record: dict) -> None:
+        """A reused stage reports the time it took when it was computed."""
+        self.reused.append(name)
+        if record.get("seconds") is not None:
+            self.timings[name] = record["seconds"]
+
+    def tensors(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
+        """A tensor stage ``<name>.safetensors`` with its settings in ``<name>.json``; the
+        settings file is written last, so a crash in between leaves the stage unfinished."""
+        path, meta = self.out / f"{name}.safetensors", self.out / f"{name}.json"
+        record = read_json(meta)
+        if check_settings(meta, record and record.get("settings"), settings, self.force):
+            tensors = load_tensors(path)
+            if tensors is not None and set(tensors) == set(record.get("keys", [])):
+                self._reuse(name, record)
+                return tensors
+        began = time.perf_counter()
+        tensors = compute()
+        seconds = round(time.perf_counter() - began, 2)
+        meta.unlink(missing_ok=True)
+        save_tensors(path, tensors)
+        write_json(meta, {"settings": settings, "seconds": seconds, "keys": sorted(tensors)})
+        self.timings[name] = seconds
+        return tensors
+
+    def time(self, name: str, began: float) -> None:
+        self.timings[name] = round(time.perf_counter() - began, 2)

@@ -1,0 +1,107 @@
+"""The fine-tuning runs of a shift experiment: ft-zs, and the ft-other-task and ft-shuffled
+shams, each per fine-tuning seed, with the same recipe, steps and seed; and ft-random-delta, a
+random update with ft-zs's per-matrix norms.
+
+Each run trains a LoRA (or full) copy of the base model and keeps only its weight update
+(:mod:`interp.finetune.deltas`), also at 25 % and 50 % of its steps for the dose-response. A run
+whose update files are complete and whose fingerprint matches is not redone.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from interp.errors import ConfigError
+from interp.finetune import TrainConfig, train
+from interp.finetune.deltas import (Delta, load_update, norms, random_like, save_update,
+                                    total_norm)
+from interp.files import check_settings, read_json, write_json
+from interp.models import LoadedModel
+from interp.shift.config import DOSE_FRACTIONS, TRAINED, ShiftConfig
+from interp.tasks import Example, generate
+
+
+def train_config(config: ShiftConfig, ft_seed: int) -> TrainConfig:
+    return TrainConfig(method=config.ft_method, epochs=config.epochs, lr=config.lr,
+                       seed=config.seed + ft_seed, batch_size=min(8, config.n_train),
+                       warmup_steps=min(10, max(1, config.n_train // 32)))
+
+
+def dose_steps(config: ShiftConfig) -> dict[float, int]:
+    """Optimiser steps at each dose fraction of the fine-tuning run (all distinct)."""
+    batch = min(8, config.n_train)
+    total = math.ceil(config.n_train / batch) * config.epochs
+    steps = {f: max(1, round(f * total)) for f in DOSE_FRACTIONS}
+    if len(set(steps.values())) < len(steps):
+        raise ConfigError(f"{total} fine-tuning steps cannot give {len(DOSE_FRACTIONS)} distinct "
+                          "dose-response checkpoints; train on more samples (--n-train) or "
+                          "epochs")
+    return steps
+
+
+def training_examples(config: ShiftConfig, condition: str, ft_seed: int
+                      ) -> tuple[list[Example], float | None]:
+    """The training data of one run and, for ft-shuffled, the share of labels kept."""
+    task = config.other_task if condition == "ft-other-task" else config.task
+    knobs = config.knobs if task == config.task else {}
+    examples = generate(task, config.n_train, seed=config.seed + ft_seed, split="train",
+                        pattern=True, **knobs)
+    if condition != "ft-shuffled":
+        return examples, None
+    targets = [ex.target for ex in examples]
+    random.Random(f"ft-shuffled|{config.seed}|{ft_seed}").shuffle(targets)
+    agreement = sum(t == ex.target for t, ex in zip(targets, examples)) / len(examples)
+    return [replace(ex, target=t) for ex, t in zip(examples, targets)], agreement
+
+
+def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: bool = False
+                  ) -> tuple[dict[str, Delta], dict]:
+    """Weight updates by key (``ft-zs/0``, ``ft-zs/0@4``, ``ft-other-task/0``, ...,
+    ``ft-random-delta/0``) and what each run recorded (steps, norms, label agreement)."""
+    steps = dose_steps(config)
+    updates: dict[str, Delta] = {}
+    info: dict[str, dict] = {}
+    for s in range(config.ft_seeds):
+        for condition in TRAINED:
+            run_dir = out / "ft" / f"{condition}-{s}"
+            examples, agreement = training_examples(config, condition, s)
+            settings = config.ft_settings(condition, s)
+            record = read_json(run_dir / "updates.json")
+            wanted = sorted(set(steps.values())) if condition == "ft-zs" else [max(steps.values())]
+            loaded = None
+            if check_settings(run_dir / "updates.json",
+                              record and record.get("settings"), settings, force):
+                loaded = {k: load_update(run_dir / f"update@{k}") for k in wanted}
+                if any(v is None for v in loaded.values()):
+                    loaded = None
+            if loaded is None:
+                summary = train(template.copy(), examples, train_config(config, s), run_dir,
+                                progress=config.progress, snapshots=wanted, save_merged=False,
+                                force=force)
+                if summary.get("skipped") or set(summary["updates"]) != set(wanted):
+                    # finished (or resumed past a snapshot) without every update: redo
+                    summary = train(template.copy(), examples, train_config(config, s), run_dir,
+                                    progress=config.progress, snapshots=wanted,
+                                    save_merged=False, force=True)
+                for k, update in summary["updates"].items():
+                    save_update(run_dir / f"update@{k}", update)
+                loaded = {k: load_update(run_dir / f"update@{k}") for k in wanted}
+                record = {"settings": settings, "steps": wanted, "summary": {
+                    k: v for k, v in summary.items() if k != "updates"},
+                    "label_agreement": agreement}
+                write_json(run_dir / "updates.json", record)
+            final = loaded[max(wanted)]
+            updates[f"{condition}/{s}"] = final
+            for k, delta in loaded.items():
+                updates[f"{condition}/{s}@{k}"] = delta
+            info[f"{condition}/{s}"] = {"delta_w_norm": total_norm(final), "steps": max(wanted),
+                                        "label_agreement": agreement,
+                                        "final_loss": record["summary"].get("final_loss")}
+        rand = random_like(updates[f"ft-zs/{s}"], seed=config.seed + s)
+        updates[f"ft-random-delta/{s}"] = rand
+        info[f"ft-random-delta/{s}"] = {"delta_w_norm": total_norm(rand),
+                                        "matched_norms": len(norms(rand))}
+    return updates, {"runs": info, "dose_steps": steps}

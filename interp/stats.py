@@ -1,0 +1,128 @@
+"""Statistics shared by evaluation and the experiments: intervals, resampling, paired tests,
+reliability.
+
+- :func:`wilson`: 95 % score interval of a proportion;
+- :func:`bootstrap_means` / :func:`bootstrap_ci`: percentile intervals of means, resampling the
+  last axis with multinomial weights (one matmul for a grid of any size);
+- :func:`mcnemar`: exact McNemar test of two classifiers scored on the same items;
+- :func:`spearman_brown`, :func:`split_half`: reliability of a mean map from its split halves;
+- :func:`pearson`: correlation over the last axis, batched.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for k successes out of n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def resample_weights(n: int, n_boot: int, seed: int = 0) -> torch.Tensor:
+    """``[n_boot, n]`` multinomial resampling weights (counts / n) of ``n`` units."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, n, (n_boot, n), generator=gen)
+    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(n_boot, n, dtype=torch.float64)) / n
+
+
+def bootstrap_means(values: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Means of ``n_boot`` resamples (with replacement) of the last axis: ``[*lead, n_boot]``."""
+    weights = resample_weights(values.shape[-1], n_boot, seed)
+    return values.double() @ weights.T
+
+
+def percentile_ci(samples: torch.Tensor, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile interval over the last axis (NaN samples ignored)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    low, high = torch.nanquantile(samples.double(), q, dim=-1)
+    return low.float(), high.float()
+
+
+def bootstrap_ci(values: torch.Tensor, level: float = 0.95, n_boot: int = 1000,
+                 seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Percentile interval of the mean over the last axis: ``(low, high)``, each ``[*lead]``."""
+    return percentile_ci(bootstrap_means(values, n_boot, seed), level)
+
+
+def mean_ci(values: Sequence[float] | torch.Tensor, n_boot: int = 1000, seed: int = 0) -> dict:
+    """``{"estimate", "ci95": [low, high]}`` of a mean, by the bootstrap."""
+    v = torch.as_tensor(values, dtype=torch.float64)
+    low, high = bootstrap_ci(v, n_boot=n_boot, seed=seed)
+    return {"estimate": float(v.mean()), "ci95": [float(low), float(high)]}
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """Exact McNemar test of two classifiers' correctness on the same items: ``b01`` items only
+    ``b`` gets right, ``b10`` only ``a``; the two-sided binomial p-value of the discordant
+    split (1.0 when there are no discordant items)."""
+    a, b = list(map(bool, a)), list(map(bool, b))
+    if len(a) != len(b):
+        raise ValueError("McNemar needs the two conditions scored on the same items")
+    b10 = sum(x and not y for x, y in zip(a, b))
+    b01 = sum(y and not x for x, y in zip(a, b))
+    n = b10 + b01
+    if n == 0:
+        p = 1.0
+    else:
+        k = min(b10, b01)
+        p = min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return {"n": len(a), "only_a": b10, "only_b": b01, "p_value": p,
+            "difference": (sum(a) - sum(b)) / len(a) if a else float("nan")}
+
+
+def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation over the last axis (batched); NaN where either side is constant."""
+    a, b = a.double(), b.double()
+    a = a - a.mean(-1, keepdim=True)
+    b = b - b.mean(-1, keepdim=True)
+    den = (a.norm(dim=-1) * b.norm(dim=-1))
+    r = (a * b).sum(-1) / den
+    return torch.where(den > 0, r, torch.full_like(r, float("nan")))
+
+
+def spearman_brown(r: torch.Tensor | float) -> torch.Tensor | float:
+    """Reliability of a full-length mean from the correlation of its two halves."""
+    return 2 * r / (1 + r)
+
+
+def split_half(scores: torch.Tensor, n_splits: int = 20, seed: int = 0,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Split-half reliability of the mean map of per-unit ``scores`` ``[n_components, n_units]``:
+    per random split of the units into halves, the Pearson correlation of the two half-means
+    across components, stepped up by Spearman-Brown; averaged over ``n_splits`` splits.
+
+    ``weights`` ``[n_boot, n_units]`` (bootstrap resample counts) gives one reliability per
+    resample ``[n_boot]``: units drawn more than once stay in one half (splits are over unique
+    units, never a unit against its own copy). Units with weight 0 are left out."""
+    n = scores.shape[-1]
+    gen = torch.Generator().manual_seed(seed)
+    x = scores.double()
+    w = torch.ones(1, n, dtype=torch.float64) if weights is None else weights.double()
+    out = torch.zeros(w.shape[0], dtype=torch.float64)
+    for _ in range(n_splits):
+        half = torch.rand(w.shape[0], n, generator=gen).argsort(-1).argsort(-1)
+        # rank among present units decides the half: present units take turns
+        present = w > 0
+        rank = torch.where(present, half, torch.full_like(half, n)).argsort(-1).argsort(-1)
+        count = present.sum(-1, keepdim=True)
+        first = (rank < count // 2) & present
+        second = present & ~first
+        wa, wb = w * first, w * second
+        ma = (x @ wa.T) / wa.sum(-1).clamp_min(1e-12)       # [components, n_boot]
+        mb = (x @ wb.T) / wb.sum(-1).clamp_min(1e-12)
+        r = pearson(ma.T, mb.T)
+        out += spearman_brown(r)
+    return (out / n_splits).float()
