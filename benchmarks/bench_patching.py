@@ -22,6 +22,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from peak import Peak  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 from transformer_lens import patching as tlp  # noqa: E402
 
@@ -30,7 +31,6 @@ from interp.analysis.metrics import logit_diff  # noqa: E402
 from interp.analysis.pairs import task_pairs, tokenize_pairs  # noqa: E402
 from interp.analysis.patching import activation_patch  # noqa: E402
 from interp.models import load_model  # noqa: E402
-from peak import Peak  # noqa: E402
 
 
 def choose_pairs(model, n: int, seed: int):

@@ -11,14 +11,14 @@ accuracy, ties to the smaller rate) before the test queries are recorded.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from interp.analysis.alignment import Recording, compare, random_update, record
+from interp.analysis.alignment import compare, random_update, record
 from interp.arch import kv_parameters, plain_name
 from interp.errors import ConfigError
 from interp.files import count_nonfinite, write_csv, write_json

@@ -19,7 +19,7 @@ from interp.errors import InterpError
 from interp.options import add_common
 from interp.version import __version__
 
-COMMANDS = ("data", "eval", "finetune", "patch", "shift", "study", "align", "sweep")
+COMMANDS = ("data", "eval", "finetune", "patch", "gaps", "shift", "study", "align", "sweep")
 
 
 class _Parser(argparse.ArgumentParser):

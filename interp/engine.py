@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Iterable, Sequence
 
 import torch
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
@@ -135,7 +135,7 @@ class EvalResult(Result):
         return out
 
     @classmethod
-    def load(cls, directory: str | Path, task: str | None = None) -> "EvalResult":
+    def load(cls, directory: str | Path, task: str | None = None) -> EvalResult:
         directory = Path(directory)
         paths = [directory / f"eval_{task}.json"] if task else sorted(
             directory.glob("eval_*.json"))

@@ -18,9 +18,10 @@ import os
 import platform
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from interp.errors import ConfigError, StaleResultsError
 from interp.version import __version__
@@ -207,11 +208,23 @@ def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+def model_record(model) -> dict:
+    """A model's spec, weights hash, device and dtype (a LoadedModel or a spec string)."""
+    if isinstance(model, str):
+        from interp.models import source_path  # torch: only when provenance is written
+
+        return {"spec": model, "weights_hash": weights_hash(source_path(model))}
+    return {**model.describe(), "weights_hash": weights_hash(model.source_dir)}
+
+
 def write_provenance(out: str | Path, settings: dict, models: dict | None = None,
                      started: str | None = None, **extra) -> Path:
     """``out/provenance.json``: versions, git commit, device and dtype, seeds, the resolved
-    settings, each model's spec and weights hash, start and end times."""
+    settings, each model's spec and weights hash (``models``: name -> LoadedModel or spec),
+    start and end times."""
+    seeds = {k: v for k, v in settings.items() if "seed" in k}
     record = {"versions": versions(), "git_commit": _git_commit(), "host": platform.node(),
-              "settings": settings, "models": models or {}, "started": started, "ended": now(),
-              **extra}
+              "seeds": seeds, "settings": settings,
+              "models": {name: model_record(m) for name, m in (models or {}).items()},
+              "started": started, "ended": now(), **extra}
     return write_json(Path(out) / "provenance.json", record)

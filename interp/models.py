@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from interp.arch import Adapter, adapter, plain_name
-from interp.errors import ConfigError, MissingDependencyError, ModelSpecError
+from interp.errors import ConfigError, InterpError, MissingDependencyError, ModelSpecError
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
@@ -183,7 +183,7 @@ class LoadedModel:
             self._bridge.eval()
         return self._bridge
 
-    def copy(self) -> "LoadedModel":
+    def copy(self) -> LoadedModel:
         """An independent copy of the weights, without a bridge (cheaper than reloading)."""
         if self.has_bridge:
             raise ConfigError("copy the model before its TransformerBridge is built")
@@ -264,6 +264,23 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
     hf.eval()
     return LoadedModel(hf=hf, tokenizer=tok, spec=spec, device=device, dtype=torch_dtype,
                        source_dir=source)
+
+
+def source_path(spec: str) -> Path | None:
+    """The local directory or file a spec loads from, without loading it (None for hub ids or
+    specs not yet cached)."""
+    if spec in EMBEDDED or spec == TINY_MODEL:
+        return None if spec in EMBEDDED and not _embedded_cached(spec) else (
+            embedded_dir(spec) if spec in EMBEDDED else _cached_tiny(0))
+    path = Path(spec).expanduser()
+    return path if path.exists() else None
+
+
+def _embedded_cached(name: str) -> bool:
+    try:
+        return (gguf_cache_path(_embedded_gguf(name)) / "config.json").is_file()
+    except InterpError:
+        return False
 
 
 def _looks_like_hub_id(spec: str) -> bool:

@@ -21,7 +21,7 @@ def comma_list(kind=str, name: str = "value"):
             values = [kind(v) for v in items]
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected comma-separated {kind.__name__} {name}s, got {text!r}")
+                f"expected comma-separated {kind.__name__} {name}s, got {text!r}") from None
         if not values:
             raise argparse.ArgumentTypeError(f"expected at least one {name}")
         return values
@@ -35,7 +35,8 @@ def at_least(minimum: float, kind=int):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__}, got {text!r}") from None
         if value != value or value < minimum:   # NaN or too small
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         return value
@@ -49,7 +50,8 @@ def positive(kind=int):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"expected a {kind.__name__}, got {text!r}") from None
         if value != value or value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value

@@ -14,8 +14,8 @@ for ``(task, shots, seed)`` gets the same demonstrations.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 from interp.errors import TaskError
 from interp.tasks import REGISTRY, Example, generate, get_task

@@ -1,4 +1,4 @@
-"""Independent answer checkers: recompute each target from ``meta`` alone, without the generators."""
+"""Independent answer checkers: recompute each target from ``meta`` alone, not the generators."""
 
 import ast
 import json

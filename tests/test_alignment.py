@@ -3,8 +3,18 @@ import math
 import pytest
 import torch
 
-from interp.analysis.alignment import (Recording, compare, kendall, kendall_icl_ft, rec2ftp,
-                                       record, sim_am, sim_am_delta, sim_aou, zero_updates)
+from interp.analysis.alignment import (
+    Recording,
+    compare,
+    kendall,
+    kendall_icl_ft,
+    rec2ftp,
+    record,
+    sim_am,
+    sim_am_delta,
+    sim_aou,
+    zero_updates,
+)
 
 
 def _orthonormal(d: int, k: int, seed: int = 0) -> torch.Tensor:

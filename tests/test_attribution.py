@@ -4,9 +4,9 @@ import torch
 from interp.analysis.attribution import direct_logit_attribution
 from interp.analysis.patching import ablate
 from interp.analysis.results import PatchResult
-from interp.stats import bootstrap_ci
 from interp.errors import ConfigError
 from interp.models import load_model
+from interp.stats import bootstrap_ci
 
 TEXTS = ["The cat sat on the mat and", "One two three four five six seven"]
 

@@ -1,4 +1,5 @@
 import pytest
+
 from interp.analysis.cross_model import cross_model_patch
 from interp.analysis.metrics import logit_diff
 from interp.analysis.pairs import task_pairs, tokenize_pairs

@@ -5,8 +5,13 @@ import copy
 import pytest
 import torch
 
-from interp.analysis.edges import (KINDS, edge_attribution, edge_faithfulness, patch_edges,
-                                   split_forward)
+from interp.analysis.edges import (
+    KINDS,
+    edge_attribution,
+    edge_faithfulness,
+    patch_edges,
+    split_forward,
+)
 from interp.analysis.metrics import logit_diff
 from interp.analysis.pairs import task_pairs, tokenize_pairs
 from interp.engine import length_groups

@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from interp.engine import encode
-from interp.errors import ConfigError, StaleResultsError
+from interp.errors import StaleResultsError
 from interp.finetune import TrainConfig, TrainingError, layer_causal_loss, train, train_gd
 from interp.finetune.data import IGNORE, encode_example
 from interp.finetune.layer_causal import causal_lm_loss, kv_parameters

@@ -3,9 +3,9 @@ import random
 import re
 from collections import Counter
 
+import checkers
 import pytest
 
-import checkers
 from interp.errors import TaskError
 from interp.tasks import SPLITS, TASKS, generate, get_task, read_jsonl, write_jsonl
 from interp.tasks.audit import audit

@@ -1,7 +1,10 @@
 """Patching, attribution and circuit analysis on TransformerLens bridges."""
 
-from interp.analysis.attribution import (attribution_components, attribution_patch,
-                                         direct_logit_attribution)
+from interp.analysis.attribution import (
+    attribution_components,
+    attribution_patch,
+    direct_logit_attribution,
+)
 from interp.analysis.components import COMPONENTS, Component, kind
 from interp.analysis.cross_model import cross_model_patch
 from interp.analysis.edges import EdgeScores, edge_attribution, edge_faithfulness, patch_edges

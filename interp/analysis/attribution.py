@@ -17,10 +17,10 @@ import warnings
 
 import torch
 
-from interp.arch import b_o as output_bias
-from interp.arch import final_norm, head_writes, layer_module, rms_gain, unwrap, w_o
 from interp.analysis.components import KINDS, kind
 from interp.analysis.patching import first_difference
+from interp.arch import b_o as output_bias
+from interp.arch import final_norm, head_writes, layer_module, rms_gain, unwrap, w_o
 from interp.engine import forward, prefix_cache, repeat_cache
 from interp.errors import ConfigError, UnsupportedError
 from interp.models import LoadedModel

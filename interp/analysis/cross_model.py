@@ -9,15 +9,15 @@ finds the components that carry the gain; the reverse finds those whose loss und
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from interp.analysis.components import kind as component_kind
 from interp.analysis.metrics import logit_diff
-from interp.engine import length_groups
 from interp.analysis.patching import run_metric, sweep
 from interp.analysis.results import PatchResult
+from interp.engine import length_groups
 from interp.errors import ConfigError
 from interp.models import LoadedModel
 

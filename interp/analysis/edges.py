@@ -16,11 +16,10 @@ of edges, for checks and for :func:`edge_faithfulness`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
-
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from interp.arch import layers as decoder_layers

@@ -21,9 +21,9 @@ import torch
 
 from interp.analysis.components import KINDS, head_name
 from interp.analysis.metrics import answer_prob, first_answer_token
-from interp.engine import common_prefix, forward, length_groups, prefix_cache
 from interp.analysis.patching import run_metric, sweep
 from interp.arch import w_o
+from interp.engine import common_prefix, forward, length_groups, prefix_cache
 from interp.errors import ConfigError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt, choose_demos

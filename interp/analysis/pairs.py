@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -20,9 +20,9 @@ from tqdm.auto import tqdm
 from interp.analysis.attribution import attribution_patch
 from interp.analysis.components import kind as component_kind
 from interp.analysis.metrics import first_answer_token, logit_diff
-from interp.engine import length_groups
 from interp.analysis.patching import activation_patch, run_metric
 from interp.analysis.results import PatchResult
+from interp.engine import length_groups
 from interp.errors import ConfigError, TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt

@@ -29,6 +29,12 @@ def add_parser(sub):
 
 def run(args) -> int:
     from interp.align import run_alignment, summarize, write_results
+    from interp.files import check_writable, now, write_provenance
+    from interp.models import check_device
+
+    started = now()
+    check_device(args.device)
+    check_writable(args.out)
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     if not methods:
@@ -48,5 +54,6 @@ def run(args) -> int:
           f"demonstrations, {args.n} queries, mean ± std over {args.seeds} seeds; learning "
           f"rates {result['lr']}")
     print(table.to_string())
+    write_provenance(out, dict(vars(args)), {"base": args.model}, started)
     print(f"\nresults in {out}/ (alignment.csv, alignment.json, alignment.html)")
     return 0

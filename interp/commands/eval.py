@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from interp.errors import ConfigError
 from interp.options import add_model, at_least, comma_list, knobs, positive
 
@@ -47,7 +45,7 @@ def run(args) -> int:
     import pandas as pd
 
     from interp.evaluate import SCORINGS, evaluate
-    from interp.files import check_writable, write_csv, write_provenance, now
+    from interp.files import check_writable, now, write_csv, write_provenance
     from interp.models import check_device, load_model
 
     started = now()
@@ -80,7 +78,7 @@ def run(args) -> int:
     write_csv(out / "accuracy.csv", pd.concat(frames, ignore_index=True))
     if paired:
         write_csv(out / "paired.csv", pd.DataFrame(paired))
-    write_provenance(out, vars_of(args), {"model": model.describe()}, started)
+    write_provenance(out, vars_of(args), {"model": model}, started)
     print(f"\nresults in {out}/ (accuracy.csv, paired.csv, eval_<task>.json, "
           "predictions_<task>.jsonl, provenance.json)")
     return 0

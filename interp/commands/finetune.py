@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 from pathlib import Path
 
 from interp.errors import ConfigError
@@ -51,6 +50,11 @@ def add_parser(sub):
     p.add_argument("--n-eval", type=positive(), default=64, help="test queries per condition (64)")
     p.add_argument("--eval-batch-size", type=positive(), default=16)
     p.add_argument("--no-eval", action="store_true", help="train only")
+    p.add_argument("--report-to", default="none",
+                   choices=("none", "tensorboard", "wandb", "trackio", "mlflow"),
+                   help="experiment tracker for the loss curve (offline by default)")
+    p.add_argument("--force", action="store_true",
+                   help="redo a run whose directory holds one with other settings")
     p.add_argument("--out", default="runs/finetune", help="output directory")
     return p
 
@@ -80,6 +84,17 @@ def build_config(args):
     return TrainConfig(**values)
 
 
+def _device(args) -> str | None:
+    """The device this process trains on: ``--device``, else, under ``accelerate launch`` on
+    GPUs, this rank's own device."""
+    if args.device:
+        return args.device
+    from accelerate import PartialState
+
+    state = PartialState()
+    return str(state.device) if state.num_processes > 1 else None
+
+
 def _on_gpu(device: str | None) -> bool:
     import torch
 
@@ -98,8 +113,7 @@ def _evaluate(model, tasks, args, label: str) -> dict:
     out = {}
     for task in tasks:
         result = evaluate(model, task, shots=[0], n=args.n_eval, seed=args.seed,
-                          batch_size=args.eval_batch_size,
-                          progress=not args.quiet)
+                          batch_size=args.eval_batch_size, progress=not args.quiet)
         out[task] = {c: result.accuracy(c, 0) for c in ("pattern", "control")}
         out[task]["result"] = result
         print(f"  {label:>12} {task:<10} zero-shot accuracy: pattern "
@@ -108,47 +122,60 @@ def _evaluate(model, tasks, args, label: str) -> dict:
 
 
 def run(args) -> int:
+    import pandas as pd
+    from accelerate import PartialState
+
+    from interp.files import check_writable, now, write_csv, write_json, write_provenance
     from interp.finetune import GD_METHODS, train, train_gd
-    from interp.models import load_model
+    from interp.models import check_device, load_model
     from interp.prompts import choose_demos
     from interp.tasks import generate, get_task
+    from interp.tracking import start as start_tracker
 
+    started = now()
     gd = args.method in GD_METHODS
     tasks = ([t.strip() for t in args.task.split(",") if t.strip()] if args.task else
              list(PAPER_TASKS) if args.preset else ["boolean"])
     for task in tasks:
         get_task(task)
     sizes = args.n_train or ([32] if gd else [400] if args.preset else [256])
-    if min(sizes) <= 0:
-        raise ConfigError("--n-train must be positive")
-    if args.n_eval <= 0:
-        raise ConfigError("--n-eval must be positive")
     config = None if gd else build_config(args)
     if gd and len(tasks) > 1:
         raise ConfigError(f"{args.method} trains on one task's demonstrations; give one --task")
-    attn = _attn_for(args.device)
-    out = Path(args.out)
+    check_device(args.device)
+    main = PartialState().is_main_process     # only the main process evaluates and writes
+    out = check_writable(args.out) if main else Path(args.out)
+    device = _device(args)
+    attn = _attn_for(device)
+    tracker = start_tracker(args.report_to, out, f"finetune-{args.method}",
+                            vars(args)) if main else None
     before = {}
-    if not args.no_eval:
+    if not args.no_eval and main:
         print(f"base model {args.model}:")
-        before = _evaluate(load_model(args.model, device=args.device, dtype=args.dtype,
+        before = _evaluate(load_model(args.model, device=device, dtype=args.dtype,
                                       attn_implementation=attn), tasks, args, "before")
     rows = []
     for n in sizes:
         run_dir = out if len(sizes) == 1 else out / f"n{n}"
-        model = load_model(args.model, device=args.device, dtype=args.dtype,
+        model = load_model(args.model, device=device, dtype=args.dtype if not gd else "float32",
                            attn_implementation=attn)
         if gd:
             demos = choose_demos(tasks[0], n, seed=args.seed, pool_size=max(256, n))
-            summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3, out=run_dir,
-                               progress=not args.quiet)
+            summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3,
+                               out=run_dir if main else None, progress=not args.quiet)
         else:
             examples = [ex for task in tasks
                         for ex in generate(task, n, seed=args.seed, split="train", pattern=True)]
-            summary = train(model, examples, config, run_dir, progress=not args.quiet)
-        print(f"trained {args.method} on {n} examples per task: {summary['steps']} steps in "
-              f"{summary['seconds']} s -> {run_dir}/")
-        if args.no_eval:
+            summary = train(model, examples, config, run_dir, progress=not args.quiet,
+                            force=args.force, tracker=tracker)
+            if summary.get("skipped"):     # finished before with these settings: reuse it
+                print(f"{run_dir}/ already holds this fine-tune (same settings and data); "
+                      "nothing redone")
+                model = load_model(str(run_dir), device=device, dtype=args.dtype)
+        if not summary.get("skipped"):
+            print(f"trained {args.method} on {n} examples per task: {summary['steps']} steps "
+                  f"in {summary['seconds']} s -> {run_dir}/")
+        if args.no_eval or not main:
             continue
         after = _evaluate(model, tasks, args, f"after n={n}")
         for task in tasks:
@@ -156,16 +183,18 @@ def run(args) -> int:
             rows.append({"task": task, "n_train": n, "method": args.method,
                          **{f"before_{c}": before[task][c] for c in ("pattern", "control")},
                          **{f"after_{c}": after[task][c] for c in ("pattern", "control")}})
+    if tracker is not None:
+        tracker.finish()
+    if not main:
+        return 0
     if rows:
-        import pandas as pd
-
         table = pd.DataFrame(rows)
-        out.mkdir(parents=True, exist_ok=True)
-        table.to_csv(out / "finetune_accuracy.csv", index=False)
-        (out / "finetune_accuracy.json").write_text(json.dumps(
-            {"model": args.model, "config": dataclasses.asdict(config) if config else
-             {"method": args.method, "lr": args.lr or 1e-3}, "rows": rows}, indent=2,
-            default=str))
+        write_csv(out / "finetune_accuracy.csv", table)
+        write_json(out / "finetune_accuracy.json",
+                   {"model": args.model, "config": dataclasses.asdict(config) if config else
+                    {"method": args.method, "lr": args.lr or 1e-3}, "rows": rows})
         print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(f"\nresults in {out}/ (finetune_accuracy.csv, model weights, train_log.jsonl)")
+    write_provenance(out, {k: v for k, v in vars(args).items()}, {"base": args.model},
+                     started, processes=PartialState().num_processes)
     return 0

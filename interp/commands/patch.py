@@ -19,7 +19,8 @@ def add_parser(sub):
     src.add_argument("--task", help="build counterfactual pairs from this task family")
     src.add_argument("--pairs", help="JSONL of {clean, corrupt, answer, foil} rows")
     p.add_argument("--n", type=positive(), default=32, help="pairs built from --task (default 32)")
-    p.add_argument("--pair-kind", default="counterfactual", choices=("counterfactual", "separating"),
+    p.add_argument("--pair-kind", default="counterfactual",
+                   choices=("counterfactual", "separating"),
                    help="task pairs whose edit the shortcut and the rule agree on "
                         "(counterfactual) or disagree on (separating)")
     p.add_argument("--shots", type=at_least(0), default=0,
@@ -93,8 +94,14 @@ def run(args) -> int:
     from interp.analysis.metrics import answer_logprob, logit_diff
     from interp.analysis.pairs import patch_pairs, read_pairs, tokenize_pairs
     from interp.analysis.patching import ablate, run_metric
-    from interp.files import (check_writable, now, save_tensors, write_json, write_provenance,
-                              write_text)
+    from interp.files import (
+        check_writable,
+        now,
+        save_tensors,
+        write_json,
+        write_provenance,
+        write_text,
+    )
     from interp.models import check_device, load_model
     from interp.plots import heatmap, write_page
 
@@ -170,7 +177,7 @@ def run(args) -> int:
                     "method": args.method, "direction": args.direction, "metric": args.metric,
                     "keys": sorted(tensors)})
     write_json(out / "summary.json", summary)
-    write_provenance(out, {k: v for k, v in vars(args).items()}, {"model": model.describe()},
+    write_provenance(out, {k: v for k, v in vars(args).items()}, {"model": model},
                      started)
     page = write_page(out / "patching.html", f"Patching: {model.spec}, "
                       f"{args.task or args.pairs}", figures)

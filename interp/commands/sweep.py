@@ -39,7 +39,7 @@ def run(args) -> int:
 
     import pandas as pd
 
-    from interp.files import check_writable
+    from interp.files import check_writable, now, write_provenance
     from interp.models import check_device
     from interp.sweep import cells, done, load_sweep, parse_shard, run_sweep, submit
 
@@ -62,6 +62,7 @@ def run(args) -> int:
         print(f"{len(finished)} of {len(grid)} cells done")
         return 0
     check_writable(out)
+    started = now()
     if args.launcher == "submitit":
         written = submit(sweep, args.config, out, args.cluster, args.jobs, args.device,
                          args.slurm_partition, args.gpus_per_job, args.timeout_min, only,
@@ -69,6 +70,8 @@ def run(args) -> int:
     else:
         written = run_sweep(sweep, out, device=args.device, progress=not args.quiet, only=only,
                             shard=shard, report_to=args.report_to)
+    write_provenance(out, {**dict(vars(args)), "grid": len(cells(sweep))},
+                     {m: m for m in sweep.models}, started)
     if "missing" in written:
         print(f"{written['missing']} cells of the grid are not done yet (other shards?); the "
               "combined table is written once every cell exists")

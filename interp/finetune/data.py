@@ -8,8 +8,8 @@ scored on; EOS closes each sequence so generation stops after the answer.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,8 +27,8 @@ from interp.errors import ConfigError
 from interp.files import dumps, write_json, write_text
 from interp.finetune.data import encode_demo
 from interp.finetune.trainer import save_model
-from interp.prompts import format_demo
 from interp.models import LoadedModel
+from interp.prompts import format_demo
 from interp.tasks import Example
 
 GD_METHODS = ("gd-kv", "lcgd")

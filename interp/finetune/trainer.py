@@ -22,9 +22,9 @@ import math
 import shutil
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -243,8 +243,8 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
 
     ``snapshots``: optimiser steps after which the weight update so far is recorded;
     ``summary["updates"][step]`` holds it (``{"factors": ...}`` for LoRA, ``{"delta": ...}``
-    for full fine-tuning), the last step included whenever any snapshot is asked for. ``tracker``: an object with
-    ``log(values, step)`` (see :mod:`interp.tracking`).
+    for full fine-tuning), the last step included whenever any snapshot is asked for.
+    ``tracker``: an object with ``log(values, step)`` (see :mod:`interp.tracking`).
     """
     from accelerate import Accelerator
     from transformers import get_scheduler

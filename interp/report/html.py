@@ -5,8 +5,8 @@ render call, tables with intervals, and the page skeleton with plotly.js inlined
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 STYLE = ("body{font-family:sans-serif;margin:24px;max-width:1250px}"
          "table.t{border-collapse:collapse;margin:8px 0}table.t td,table.t th{border:1px solid "

@@ -24,7 +24,7 @@ interval does not lie above 0 is ``moot`` (nothing to explain).
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -78,6 +78,7 @@ class Maps:
     def __init__(self, name: str, x: list[torch.Tensor], gaps: list[torch.Tensor], n: int,
                  boot: Bootstrap, n_splits: int, seed: int):
         self.name, self.n = name, n
+        x = [v.double() for v in x]
         self.x_a = [v[:, :n] for v in x]
         self.x_b = [v[:, n:2 * n] for v in x]
         self.gap_a = [g[:n].double() for g in gaps]

@@ -118,7 +118,7 @@ class PairSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def subset(self, idx) -> "PairSet":
+    def subset(self, idx) -> PairSet:
         pick = list(idx)
         return PairSet(self.kind, [self.ids[i] for i in pick], [self.clean[i] for i in pick],
                        [self.corrupt[i] for i in pick], [self.answer_ids[i] for i in pick],

@@ -104,7 +104,7 @@ class ShiftConfig:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ShiftConfig":
+    def from_dict(cls, values: dict) -> ShiftConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

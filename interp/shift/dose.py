@@ -8,7 +8,7 @@ over base-zs.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from interp.shift.compare import Bootstrap, Maps, distance
 from interp.shift.conditions import Condition

@@ -9,8 +9,8 @@ One bridged base model serves every condition: a condition with a weight update 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -6,7 +6,7 @@ heads of the base model.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
-
-import torch
 
 import pandas as pd
+import torch
 
 from interp.circuits import ScoreMap, distances, layer_shift
 from interp.errors import ConfigError
@@ -17,8 +16,13 @@ from interp.report.shift import write_report
 from interp.results import Result
 from interp.shift.compare import BOOTSTRAP_METHOD, Bootstrap, Maps, compare, interval
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
-from interp.shift.config import (CONDITIONS, GAP_GATE, LENGTH_TOLERANCE, RELIABILITY_GATE,
-                                 ShiftConfig)
+from interp.shift.config import (
+    CONDITIONS,
+    GAP_GATE,
+    LENGTH_TOLERANCE,
+    RELIABILITY_GATE,
+    ShiftConfig,
+)
 from interp.shift.dose import dose_points
 from interp.shift.measure import flatten
 from interp.shift.verdict import RULES, decide, sentence
@@ -183,7 +187,7 @@ class ShiftResult(Result):
         return cls(meta["results"])
 
     @classmethod
-    def from_dir(cls, directory: str | Path) -> "ShiftResult":
+    def from_dir(cls, directory: str | Path) -> ShiftResult:
         data = read_json(Path(directory) / "results.json")
         if data is None:
             raise ConfigError(f"no readable results.json in {directory}")

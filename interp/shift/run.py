@@ -24,11 +24,16 @@ import torch
 
 from interp.files import check_writable, now, write_provenance
 from interp.models import LoadedModel, load_model
-from interp.shift.conditions import (Condition, build_conditions, build_pairs, dose_conditions,
-                                     queries)
-from interp.shift.config import ShiftConfig
 from interp.shift import probes
 from interp.shift.causal import causal_tests
+from interp.shift.conditions import (
+    Condition,
+    build_conditions,
+    build_pairs,
+    dose_conditions,
+    queries,
+)
+from interp.shift.config import ShiftConfig
 from interp.shift.measure import ConditionRunner, accuracy, measure_all
 from interp.shift.results import assemble, write_outputs
 from interp.shift.stages import Stages
@@ -112,7 +117,7 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
     results["timings"] = stages.timings
     results["reused_stages"] = stages.reused
     write_outputs(out, config, results, maps)
-    write_provenance(out, config.to_dict(), {"base": base.describe()}, started,
+    write_provenance(out, config.to_dict(), {"base": base}, started,
                      seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
                             "ft_seeds": config.ft_seeds})
     return results

@@ -5,8 +5,8 @@ stops with one line naming what differs). An unreadable stage file counts as unf
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from interp.files import check_settings, load_tensors, read_json, save_tensors, write_json
 

@@ -15,10 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from interp.errors import ConfigError
-from interp.finetune import TrainConfig, train
-from interp.finetune.deltas import (Delta, load_update, norms, random_like, save_update,
-                                    total_norm)
 from interp.files import check_settings, read_json, write_json
+from interp.finetune import TrainConfig, train
+from interp.finetune.deltas import Delta, load_update, norms, random_like, save_update, total_norm
 from interp.models import LoadedModel
 from interp.shift.config import DOSE_FRACTIONS, TRAINED, ShiftConfig
 from interp.tasks import Example, generate

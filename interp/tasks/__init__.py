@@ -1,8 +1,18 @@
 """Implicit-pattern task families; importing this package registers all of them."""
 
 from interp.tasks import boolean, code, expression, parity, relation  # noqa: F401  (register)
-from interp.tasks.base import (REGISTRY, SPLITS, Edit, Example, TaskFamily, generate, get_task,
-                               read_jsonl, split_of, write_jsonl)
+from interp.tasks.base import (
+                               REGISTRY,
+                               SPLITS,
+                               Edit,
+                               Example,
+                               TaskFamily,
+                               generate,
+                               get_task,
+                               read_jsonl,
+                               split_of,
+                               write_jsonl,
+)
 
 TASKS = tuple(sorted(REGISTRY))
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from typing import Any, NamedTuple
 
 from interp.errors import TaskError
 from interp.files import write_text
@@ -50,7 +51,7 @@ class Example:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_dict(cls, row: dict) -> "Example":
+    def from_dict(cls, row: dict) -> Example:
         if not isinstance(row, dict):
             raise TaskError("an example row must be a JSON object")
         missing = {"input", "target"} - set(row)
@@ -94,6 +95,9 @@ class TaskFamily:
     max_new_tokens: int = 4
     description: str = ""
     primary_shortcut: str = "shortcut"
+    #: the documented setting on which smollm2-135m shows a measurable 4-shot behaviour (a
+    #: clean-corrupt gap whose interval lies above 0); chosen on seed-0 pairs, see the README
+    measurable_knobs: dict = {}
     #: which items the separating edit applies to (True: pattern items, False: control items)
     separating_on_pattern: bool = True
 
@@ -127,6 +131,8 @@ class TaskFamily:
             raise TaskError(f"task {self.name!r} has no knob {sorted(unknown)[0]!r}; "
                             f"knobs: {', '.join(sorted(self.knobs)) or 'none'}")
         merged = {**self.knobs, **{k: v for k, v in knobs.items() if v is not None}}
+        # lists and tuples are one value: the same knob spelled either way gives the same data
+        merged = {k: tuple(v) if isinstance(v, list) else v for k, v in merged.items()}
         self.validate(merged)
         return merged
 

@@ -66,6 +66,7 @@ class Code(TaskFamily):
     max_new_tokens = 5
     knobs = dict(x_max=9, k_max=9, ops=("+", "-"))
     primary_shortcut = "ignore_function1"
+    measurable_knobs = {"ops": ("+",), "x_max": 4, "k_max": 4}
     description = "function2 returns z op k (pattern) or a op k with a = function1(x) (control)"
 
     def draw(self, rng: random.Random, pattern, label, *, x_max, k_max, ops):

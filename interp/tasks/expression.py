@@ -1,11 +1,11 @@
 """Expression calculation with a reducible term: ``(S)+(Z)*(C)=``.
 
-S is a sum of positive one-digit terms (at least two, so the answer is computed, never copied
-from the input); Z and C are sums of one-digit terms of either sign. With the pattern, Z sums to
-zero, so the answer is the value of S. In the control condition Z sums to a small non-zero value
-(knob ``z_value``) and C to a small non-zero value (knob ``c_value``, also in pattern items, so
-both conditions look alike), so ``S + Z*C`` must be computed; its answers stay in the pattern's
-range (difficulty-matched).
+S is a sum of positive one-digit terms up to ``s_max`` (at least two, so the answer is computed,
+never copied from the input); Z and C are sums of one-digit terms of either sign. With the
+pattern, Z sums to zero, so the answer is the value of S. In the control condition Z sums to a
+small non-zero value (knob ``z_value``) and C to a small non-zero value (knob ``c_value``, also
+in pattern items, so both conditions look alike), so ``S + Z*C`` must be computed; its answers
+stay in the pattern's range (difficulty-matched).
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ class Expression(TaskFamily):
     header = HEADER
     answer_sep = ""
     max_new_tokens = 5
-    knobs = dict(s_terms=(2, 3), z_terms=(2, 4), c_terms=(2, 4), z_value=2, c_value=4)
+    knobs = dict(s_terms=(2, 3), z_terms=(2, 4), c_terms=(2, 4), z_value=2, c_value=4, s_max=9)
     primary_shortcut = "s_value"
+    # none found on smollm2-135m once S must be computed (seven settings tried; see the README)
     description = "(S)+(Z)*(C)= where Z sums to 0 (pattern) or not (control)"
 
-    def draw(self, rng, pattern, label, *, s_terms, z_terms, c_terms, z_value, c_value):
-        s = [rng.randint(1, DIGITS) for _ in range(term_count(rng, s_terms))]
+    def draw(self, rng, pattern, label, *, s_terms, z_terms, c_terms, z_value, c_value, s_max):
+        s = [rng.randint(1, s_max) for _ in range(term_count(rng, s_terms))]
         z_total = 0 if pattern else _nonzero(rng, z_value)
         z = sum_to(rng, term_count(rng, z_terms), z_total, -DIGITS, DIGITS)
         c = sum_to(rng, term_count(rng, c_terms), _nonzero(rng, c_value), -DIGITS, DIGITS)
@@ -52,6 +53,7 @@ class Expression(TaskFamily):
         check_range("c_terms", k["c_terms"], 1, 6)
         check_range("z_value", k["z_value"], 1, 9)
         check_range("c_value", k["c_value"], 1, 9)
+        check_range("s_max", k["s_max"], 2, 9)
 
     def shortcuts(self, ex):
         return {"s_value": str(sum(ex.meta["s"]))}
@@ -64,7 +66,8 @@ class Expression(TaskFamily):
         """Change S's first term (a one-digit number for another): S's value and the answer
         change together and the answer's first digit differs."""
         s, z = ex.meta["s"], ex.meta["z"]
-        for new in rng.sample(range(1, DIGITS + 1), DIGITS):
+        top = max(max(s), 2)
+        for new in rng.sample(range(1, top + 1), top):
             edit = self._edit(ex, [new] + s[1:], z)
             if edit.target[0] != ex.target[0]:
                 return edit

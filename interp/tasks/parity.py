@@ -35,6 +35,7 @@ class Parity(TaskFamily):
     max_new_tokens = 2
     knobs = dict(length=14, subset=(2, 7))
     primary_shortcut = "subset"
+    measurable_knobs = {"length": 12, "subset": (10,)}
     description = "parity of bits; outside-subset bits even (pattern) or odd (control)"
 
     def draw(self, rng: random.Random, pattern, label, *, length, subset):

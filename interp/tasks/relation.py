@@ -45,6 +45,7 @@ class Relation(TaskFamily):
     max_new_tokens = 2
     knobs = dict(cities=8)
     primary_shortcut = "z_mentioned"
+    measurable_knobs = {"cities": 6}
     separating_on_pattern = False
     description = "A-Z connectivity; Z only appears when connected (pattern) or always (control)"
 

@@ -1,0 +1,132 @@
+"""The claims study: verdicts that follow intervals and margins, causal-test statistics on cases
+with known answers, and a quick study on the tiny model whose report renders."""
+
+import math
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from interp.claims import BY_NAME, CLAIMS, partial_spearman, verdict
+from interp.cli import main
+from interp.shift.causal import matched_random_sets, share_test
+from interp.study import CLAIM_COLUMNS, summarise
+
+ARTIFACTS = Path(os.environ.get("INTERP_ARTIFACTS", "runs/test-artifacts"))
+
+
+@pytest.mark.parametrize("estimate,ci,moot,expected", [
+    (0.3, [0.1, 0.5], False, "holds"),
+    (-0.3, [-0.5, -0.1], False, "contradicted"),
+    (0.01, [-0.02, 0.03], False, "no_effect"),
+    (0.1, [-0.2, 0.4], False, "inconclusive"),
+    (None, None, False, "inconclusive"),
+    (0.3, [0.1, 0.5], True, "moot"),
+])
+def test_verdict_follows_interval_and_margin(estimate, ci, moot, expected):
+    assert verdict(BY_NAME["icl_beats_ft"], estimate, ci, moot) == expected
+
+
+def test_every_claim_predicts_a_positive_value():
+    assert {c.name for c in CLAIMS} == {"icl_beats_ft", "icl_shifts_more", "shift_necessary",
+                                        "shift_sufficient", "shift_tracks_gain",
+                                        "advantage_pattern_specific"}
+    assert all(c.prediction == "positive" and c.margin > 0 for c in CLAIMS)
+
+
+def test_planted_component_is_necessary_and_a_random_one_is_not():
+    """Prompts whose gain is carried by one planted component: ablating it removes the gain
+    (share ~1, top percentile), random matched sets remove nothing; a planted shift that
+    carries no gain is not sufficient."""
+    gen = torch.Generator().manual_seed(0)
+    n = 40
+    base = torch.randn(n, generator=gen) * 0.1           # base-zs: no behaviour
+    reference = base + 2.0                                # base-icl: a gain of 2 logits
+    runs = reference[None].repeat(21, 1) + 0.05 * torch.randn(21, n, generator=gen)
+    runs[0] = base + 0.05 * torch.randn(n, generator=gen)    # ablating the planted set
+    mask = torch.ones(n, dtype=torch.bool)
+    necessary = share_test(base, reference, runs, -1, mask, 300, 0)
+    assert necessary["estimate"] == pytest.approx(1.0, abs=0.1)
+    assert necessary["ci95"][0] > 0.5 and necessary["percentile"] == 1.0
+    # the same prompts with a random set as the "chosen" one: no effect
+    random_first = runs[[1] + list(range(2, 21)) + [0]]
+    assert abs(share_test(base, reference, random_first[:20], -1, mask, 300, 0)["estimate"]) < 0.1
+    # a planted shift that carries no gain: patching it into base-zs recovers nothing
+    patched = base[None].repeat(21, 1) + 0.05 * torch.randn(21, n, generator=gen)
+    sufficient = share_test(base, reference, patched, 1, mask, 300, 0)
+    assert abs(sufficient["estimate"]) < 0.1 and sufficient["ci95"][0] < 0.1
+    # no gain at all: the test is moot
+    assert share_test(base, base.clone(), runs, -1, mask, 300, 0)["moot"]
+
+
+def test_matched_random_sets_keep_the_deciles():
+    importance = torch.arange(100, dtype=torch.float)
+    chosen = [99, 98, 50, 5]
+    sets = matched_random_sets(importance, chosen, 30, seed=1)
+    assert len(sets) == 30 and all(len(set(s)) == 4 for s in sets)
+    for s in sets:
+        assert sorted(i // 10 for i in s) == sorted(i // 10 for i in chosen)
+
+
+def test_partial_spearman_removes_dose_and_method():
+    points = []
+    for method in ("icl", "ft"):
+        for dose in (1, 2, 4, 8, 16):
+            shift = 0.1 * math.log(dose) + (0.5 if method == "icl" else 0)
+            points.append({"method": method, "dose": dose, "sham_corrected_shift": shift,
+                           "accuracy_gain": 0.2 * math.log(dose) + dose % 3 * 0.01})
+    rho, ci, n = partial_spearman(points, 200, 0)
+    assert n == 10 and abs(rho) < 0.9          # what dose and method explain is gone
+    few = partial_spearman(points[:5], 200, 0)
+    assert few[1] is None and few[2] == 5
+
+
+def test_holm_and_random_effects_pooling():
+    rows = [{"claim": "icl_beats_ft", "task": t, "model": "m", "estimate": e, "ci_low": e - 0.1,
+             "ci_high": e + 0.1} for t, e in (("a", 0.5), ("b", 0.3), ("c", 0.02))]
+    summary = summarise(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
+    holm = {h["task"]: h for h in summary["holm"]}
+    assert holm["a"]["p_holm"] <= holm["b"]["p_holm"] <= holm["c"]["p_holm"] <= 1
+    assert holm["a"]["p_holm"] == pytest.approx(3 * holm["a"]["p"])
+    pooled = summary["pooled"][0]
+    assert pooled["tasks"] == 3 and 0.02 < pooled["estimate"] < 0.5 and pooled["tau2"] > 0
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study")
+    assert main(["--quiet", "study", "--models", "tiny-random-llama", "--tasks",
+                 "boolean,parity", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_quick_study_writes_six_claims_per_task(study):
+    claims = pd.read_csv(study / "claims.csv")
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert len(claims) == 2 * 6 and set(claims.task) == {"boolean", "parity"}
+    for _, row in claims.iterrows():
+        claim = BY_NAME[row["claim"]]
+        if pd.isna(row["estimate"]):
+            assert isinstance(row["reason"], str) and row["reason"]
+            assert row["verdict"] in ("inconclusive", "moot")
+        else:
+            assert row["verdict"] == verdict(claim, row["estimate"],
+                                             [row["ci_low"], row["ci_high"]])
+    assert (study / "study.html").is_file() and (study / "provenance.json").is_file()
+
+
+def test_study_report_renders_in_headless_chromium(study):
+    from browser import open_page
+
+    with open_page(study / "study.html") as page:
+        info = page.wait_for("""
+            return {plots: document.querySelectorAll('.js-plotly-plot').length,
+                    rows: document.querySelectorAll('#claims tr').length,
+                    runs: document.querySelectorAll('#runs li').length};""",
+                             lambda s: s["plots"] >= 1)
+        page.screenshot(ARTIFACTS / "study_report.png")
+        errors = page.severe_errors()
+    assert not errors, errors
+    assert info["rows"] == 12 + 1 and info["runs"] == 2
