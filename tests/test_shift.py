@@ -227,3 +227,39 @@ def test_report_renders_in_headless_chromium(quick_run):
     assert sizes["conditions"] == len(CONDITIONS) + 1
     assert "Verdict" in sizes["verdict"] and "Rule fired" in sizes["verdict"]
     assert len(sizes["plots"]) >= 8 and all(w > 100 and h > 100 for w, h in sizes["plots"])
+
+
+def test_explorer_selects_heads_under_every_condition(quick_run):
+    from browser import open_page
+
+    _, results, out, _ = quick_run
+    with open_page(out / "report.html") as page:
+        page.wait_for("return !!window.interpExplorer && !!document.querySelector("
+                      "'#heatmap-base-icl .nsewdrag')", bool)
+        assert page.run("return window.interpExplorer.conditions()") == list(
+            results["conditions"])
+        for layer, head in ((0, 0), (1, 3), (2, 1)):
+            assert page.run(f"return window.interpExplorer.select({layer}, {head})")
+            views = page.wait_for("""
+                return [...document.querySelectorAll('#explorer > [data-condition]')].map(c => ({
+                    cond: c.dataset.condition,
+                    info: c.querySelector('.explorer-info').textContent,
+                    drawn: c.querySelector('.explorer-rendered') ?
+                        c.querySelector('.explorer-rendered').children.length : 0,
+                    height: c.querySelector('.explorer-view').getBoundingClientRect().height}));""",
+                lambda vs: vs and all(v["drawn"] > 0 and v["height"] > 50 for v in vs))
+            assert [v["cond"] for v in views] == list(results["conditions"])
+            assert all(v["info"].startswith(f"L{layer}H{head}: score") for v in views)
+        # a click on a heatmap cell selects that head
+        page.run("""
+            const div = document.getElementById('heatmap-base-icl');
+            div.emit('plotly_click', {points: [{x: '2', y: '1'}]});""")
+        state = page.run("return window.interpExplorer.state()")
+        assert (state["layer"], state["head"]) == (1, 2)
+        page.run("document.getElementById('explorer-title').scrollIntoView()")
+        page.screenshot(ARTIFACTS / "explorer.png")
+        errors = page.severe_errors()
+        requests = page.network_requests()
+    assert not errors, errors
+    assert not requests, requests
+    assert (out / "report.html").stat().st_size < 15_000_000

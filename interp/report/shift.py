@@ -15,6 +15,7 @@ import torch
 from interp.circuits import ScoreMap
 from interp.files import write_text
 from interp.plots import heatmap
+from interp.report.explorer import explorer_html
 from interp.report.html import circuitsvis_bundle, esc, num, page, table, views_html, with_ci
 
 COLOURS = {"base-zs": "#636efa", "base-icl": "#ef553b", "ft-zs": "#00cc96",
@@ -165,14 +166,15 @@ def _separating_table(results: dict) -> str:
                                     "separating"))
 
 
-def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap]) -> Path:
+def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap],
+                 explorer: dict | None = None) -> Path:
     views = (results.get("probes") or {}).get("attention_views") or {}
     rules = table(["rule", "verdict", "when"],
                   [[("<b>" + esc(name) + "</b>") if name == results["verdict_rule"] else esc(name),
                     esc(r["code"]), esc(r["when"])]
                    for name, r in results["verdict_rules"].items()], "rules")
     body = [
-        f"<script>{circuitsvis_bundle()}</script>" if views else "",
+        f"<script>{circuitsvis_bundle()}</script>" if views or explorer else "",
         f"<h1>Circuit shift: {esc(config.model)} on {esc(config.task)}</h1>",
         f"<p>{config.shots}-shot ICL vs {esc(config.ft_method)} fine-tuning on {config.n_train} "
         f"samples; {results['n_pairs']} counterfactual pairs per map (and as many more for the "
@@ -187,6 +189,10 @@ def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap]) ->
         _separating_table(results),
         _icl_heads_panel((results.get("probes") or {}).get("icl_heads"))]
     scripts = []
+    if explorer:
+        with_data = {**results, "probes": {**(results.get("probes") or {}),
+                                           "explorer": explorer}}
+        scripts.append(explorer_html(with_data))
     if views:
         scripts += ["<h2>Attention of the top heads on an example prompt</h2>", views_html(views)]
     text = page(f"Circuit shift: {config.model} / {config.task}", body,

@@ -26,7 +26,7 @@ from interp.shift.config import (
 from interp.shift.dose import dose_points
 from interp.shift.measure import flatten
 from interp.shift.verdict import RULES, decide, sentence
-from interp.stats import mcnemar, split_half, wilson
+from interp.stats import bootstrap_ci, mcnemar, split_half, wilson
 
 
 def _accuracy(keys: Sequence[str], acc: dict) -> dict:
@@ -131,11 +131,19 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
         "dose_response": dose, "ft_runs": ft_info,
         "maps": {name: {"heads": m.heads.tolist(), "mlp": m.mlp.tolist()}
                  for name, m in maps.items()},
+        "map_ci": {name: _heads_ci(scores, keys, n, config) for name, keys in keys_of.items()},
         "separating_maps": {name: {"heads": m.heads.tolist(), "mlp": m.mlp.tolist()}
                             for name, m in ((n_, _score_map(scores, k, "separating", L, H))
                                             for n_, k in keys_of.items())},
         "_maps": maps,
     }
+
+
+def _heads_ci(scores: dict, keys: Sequence[str], n: int, config: ShiftConfig) -> dict:
+    """Per head, the bootstrap interval over pairs of its mean score (first replicate)."""
+    heads = scores[keys[0]]["counterfactual"]["heads"][..., :n]
+    low, high = bootstrap_ci(heads, n_boot=config.n_boot, seed=config.seed)
+    return {"low": low.round(decimals=4).tolist(), "high": high.round(decimals=4).tolist()}
 
 
 def _paired(acc: dict, keys_of: dict) -> dict:
@@ -194,7 +202,8 @@ class ShiftResult(Result):
         return cls(data)
 
 
-def write_outputs(out: Path, config: ShiftConfig, results: dict, maps: dict[str, ScoreMap]):
+def write_outputs(out: Path, config: ShiftConfig, results: dict, maps: dict[str, ScoreMap],
+                  explorer: dict | None = None):
     write_json(out / "results.json", results)
     res = ShiftResult(results)
     write_csv(out / "conditions.csv", res.conditions_frame())
@@ -204,4 +213,4 @@ def write_outputs(out: Path, config: ShiftConfig, results: dict, maps: dict[str,
     acc_rows = [{"condition": c, "queries": q, **{k: v for k, v in a.items() if k != "by_seed"}}
                 for c, v in results["conditions"].items() for q, a in v["accuracy"].items()]
     write_csv(out / "accuracy.csv", pd.DataFrame(acc_rows))
-    write_report(out, results, config, maps)
+    write_report(out, results, config, maps, explorer)

@@ -26,6 +26,7 @@ from interp.files import check_writable, now, write_provenance
 from interp.models import LoadedModel, load_model
 from interp.shift import probes
 from interp.shift.causal import causal_tests
+from interp.shift.explore import explorer_data
 from interp.shift.conditions import (
     Condition,
     build_conditions,
@@ -105,10 +106,14 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
                        pair_sets, ft_info, base)
     by_name = {c.name: c for c in conditions if c.seed == 0}
     maps = results.pop("_maps")
+    explorer = None
     if config.probes:
         results["probes"] = stages.json("probes", config.probes_settings(),
                                         lambda: _probes(runner, config, by_name, maps,
                                                         pair_sets))
+        explorer = stages.json("explorer", config.probes_settings(), lambda: explorer_data(
+            runner, by_name, pair_sets["counterfactual"]))
+        results["explorer_file"] = "explorer.json"
     if config.causal:
         results["causal"] = stages.json("causal", config.causal_settings(), lambda: causal_tests(
             runner, config, by_name, scores, pair_sets, qs))
@@ -116,7 +121,7 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
     stages.time("total", began)
     results["timings"] = stages.timings
     results["reused_stages"] = stages.reused
-    write_outputs(out, config, results, maps)
+    write_outputs(out, config, results, maps, explorer)
     write_provenance(out, config.to_dict(), {"base": base}, started,
                      seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
                             "ft_seeds": config.ft_seeds})

@@ -11,6 +11,13 @@ from pathlib import Path
 from interp.files import check_settings, load_tensors, read_json, save_tensors, write_json
 
 
+def _record(path: Path) -> dict | None:
+    """A stage's record, or None when it is missing, unreadable or not a stage record (a file
+    left by another version): then the stage is unfinished."""
+    record = read_json(path)
+    return record if isinstance(record, dict) and "settings" in record else None
+
+
 class Stages:
     def __init__(self, out: Path, force: bool = False):
         self.out, self.force = Path(out), force
@@ -20,7 +27,7 @@ class Stages:
     def json(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
         """A JSON stage ``<name>.json`` holding ``{"settings", "data"}``."""
         path = self.out / f"{name}.json"
-        record = read_json(path)
+        record = _record(path)
         if check_settings(path, record and record.get("settings"), settings, self.force) \
                 and "data" in record:
             self._reuse(name, record)
@@ -42,7 +49,7 @@ class Stages:
         """A tensor stage ``<name>.safetensors`` with its settings in ``<name>.json``; the
         settings file is written last, so a crash in between leaves the stage unfinished."""
         path, meta = self.out / f"{name}.safetensors", self.out / f"{name}.json"
-        record = read_json(meta)
+        record = _record(meta)
         if check_settings(meta, record and record.get("settings"), settings, self.force):
             tensors = load_tensors(path)
             if tensors is not None and set(tensors) == set(record.get("keys", [])):
