@@ -35,6 +35,10 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise ConfigError("--out is required (or --audit)")
+    from pathlib import Path
+
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory; give the path of a .jsonl file")
     examples = generate(args.task, args.n, seed=args.seed, split=args.split,
                         pattern=not args.control, **knobs(args.knob))
     path = write_jsonl(examples, args.out)

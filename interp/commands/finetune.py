@@ -84,15 +84,21 @@ def build_config(args):
     return TrainConfig(**values)
 
 
+def _processes(args):
+    """The process group (``accelerate launch``) as the trainer sees it: on CPUs with
+    ``cpu=True``, so several processes are one group there too."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not _on_gpu(args.device))
+
+
 def _device(args) -> str | None:
     """The device this process trains on: ``--device``, else, under ``accelerate launch`` on
     GPUs, this rank's own device."""
     if args.device:
         return args.device
-    from accelerate import PartialState
-
-    state = PartialState()
-    return str(state.device) if state.num_processes > 1 else None
+    state = _processes(args)
+    return str(state.device) if state.num_processes > 1 and _on_gpu(None) else None
 
 
 def _on_gpu(device: str | None) -> bool:
@@ -123,10 +129,10 @@ def _evaluate(model, tasks, args, label: str) -> dict:
 
 def run(args) -> int:
     import pandas as pd
-    from accelerate import PartialState
 
     from interp.files import check_writable, now, write_csv, write_json, write_provenance
     from interp.finetune import GD_METHODS, train, train_gd
+    from interp.finetune.trainer import check_run_dir
     from interp.models import check_device, load_model
     from interp.prompts import choose_demos
     from interp.tasks import generate, get_task
@@ -143,10 +149,17 @@ def run(args) -> int:
     if gd and len(tasks) > 1:
         raise ConfigError(f"{args.method} trains on one task's demonstrations; give one --task")
     check_device(args.device)
-    main = PartialState().is_main_process     # only the main process evaluates and writes
+    processes = _processes(args)
+    main = processes.is_main_process         # only the main process evaluates and writes
     out = check_writable(args.out) if main else Path(args.out)
     device = _device(args)
     attn = _attn_for(device)
+    data = {n: [ex for task in tasks for ex in generate(task, n, seed=args.seed, split="train",
+                                                        pattern=True)] for n in sizes}
+    if not gd and not args.force:   # a stale run directory stops us before any work
+        for n in sizes:
+            check_run_dir(out if len(sizes) == 1 else out / f"n{n}", args.model, data[n],
+                          config)
     tracker = start_tracker(args.report_to, out, f"finetune-{args.method}",
                             vars(args)) if main else None
     before = {}
@@ -164,9 +177,7 @@ def run(args) -> int:
             summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3,
                                out=run_dir if main else None, progress=not args.quiet)
         else:
-            examples = [ex for task in tasks
-                        for ex in generate(task, n, seed=args.seed, split="train", pattern=True)]
-            summary = train(model, examples, config, run_dir, progress=not args.quiet,
+            summary = train(model, data[n], config, run_dir, progress=not args.quiet,
                             force=args.force, tracker=tracker)
             if summary.get("skipped"):     # finished before with these settings: reuse it
                 print(f"{run_dir}/ already holds this fine-tune (same settings and data); "
@@ -177,6 +188,8 @@ def run(args) -> int:
                   f"in {summary['seconds']} s -> {run_dir}/")
         if args.no_eval or not main:
             continue
+        if processes.num_processes > 1:   # the trained weights may be sharded: reload
+            model = load_model(str(run_dir), device=device, dtype=args.dtype)
         after = _evaluate(model, tasks, args, f"after n={n}")
         for task in tasks:
             after[task]["result"].save(run_dir)
@@ -196,5 +209,5 @@ def run(args) -> int:
         print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         print(f"\nresults in {out}/ (finetune_accuracy.csv, model weights, train_log.jsonl)")
     write_provenance(out, {k: v for k, v in vars(args).items()}, {"base": args.model},
-                     started, processes=PartialState().num_processes)
+                     started, processes=processes.num_processes)
     return 0

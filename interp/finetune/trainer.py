@@ -30,9 +30,10 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.errors import ConfigError, StaleResultsError, TrainingError
-from interp.files import dumps, fingerprint, read_json, save_tensors, write_json
+from interp.files import dumps, fingerprint, read_json, write_json
+from interp.finetune.checkpoint import Parallel
 from interp.finetune.data import batch_plan, collate, encode_example
-from interp.finetune.deltas import difference, lora_factors
+from interp.finetune.deltas import delta_from_factors, difference, lora_factors
 from interp.models import LoadedModel
 from interp.tasks import Example
 
@@ -109,9 +110,11 @@ def data_hash(examples: Sequence[Example]) -> str:
     return digest.hexdigest()[:16]
 
 
-def run_settings(model: LoadedModel, examples: Sequence[Example], config: TrainConfig) -> dict:
+def run_settings(model: LoadedModel | str, examples: Sequence[Example],
+                 config: TrainConfig) -> dict:
     """What identifies a training run: settings, base model and data."""
-    return {"config": config.settings(), "base_model": model.spec,
+    spec = model if isinstance(model, str) else model.spec
+    return {"config": config.settings(), "base_model": spec,
             "tasks": sorted({ex.task for ex in examples}), "n_examples": len(examples),
             "data_hash": data_hash(examples)}
 
@@ -136,58 +139,6 @@ def _trainable(model: LoadedModel, config: TrainConfig):
                       lora_dropout=config.lora_dropout, target_modules=targets,
                       task_type="CAUSAL_LM")
     return get_peft_model(hf, lora)
-
-
-def _rng_state() -> dict:
-    state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.stack([s for s in torch.cuda.get_rng_state_all()])
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["cpu"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
-
-
-def _save_checkpoint(path: Path, accel, net, optimizer, scheduler, step: int, key: str):
-    """Trainable weights (gathered from every process), optimiser, scheduler and RNG states."""
-    state = accel.get_state_dict(net)                      # a collective under FSDP / ZeRO
-    if not accel.is_main_process:
-        return
-    names = {n for n, p in accel.unwrap_model(net).named_parameters() if p.requires_grad}
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_tensors(tmp / "trainable.safetensors",
-                 {n: v.detach().float() for n, v in state.items() if n in names})
-    rng = _rng_state()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": rng["cpu"], "cuda_rng": rng.get("cuda")}, tmp / "state.pt")
-    write_json(tmp / "progress.json", {"step": step, "fingerprint": key})
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)  # a kill mid-save leaves the previous checkpoint whole
-
-
-def _load_checkpoint(path: Path, net, optimizer, scheduler, key: str) -> int:
-    from safetensors.torch import load_file
-
-    progress = read_json(path / "progress.json")
-    if progress is None or progress.get("fingerprint") != key:
-        raise StaleResultsError(f"{path} holds a checkpoint of a run with other settings or "
-                                "data; rerun with --force to start over, or use another --out")
-    weights = load_file(path / "trainable.safetensors")
-    params = dict(net.named_parameters())
-    with torch.no_grad():
-        for name, value in weights.items():
-            params[name].copy_(value.to(params[name].dtype))
-    state = torch.load(path / "state.pt", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    _set_rng_state({"cpu": state["rng"], **({"cuda": state["cuda_rng"]}
-                                            if state.get("cuda_rng") is not None else {})})
-    return int(progress["step"])
 
 
 def answer_loss(net, batch: dict) -> torch.Tensor:
@@ -219,6 +170,19 @@ def finished_run(out: str | Path, key: str) -> dict | None:
         raise StaleResultsError(f"{out} holds a finished fine-tune with other settings or data; "
                                 "rerun with --force to redo it, or use another --out")
     return record
+
+
+def check_run_dir(out: str | Path, spec: str, examples: Sequence[Example],
+                  config: TrainConfig) -> None:
+    """Before any work: a one-line StaleResultsError when ``out`` holds a finished run or a
+    checkpoint of other settings or data."""
+    key = fingerprint(run_settings(spec, examples, config))
+    finished_run(out, key)
+    progress = read_json(Path(out) / "checkpoint" / "progress.json")
+    if progress is not None and progress.get("fingerprint") != key:
+        raise StaleResultsError(f"{out}/checkpoint holds a checkpoint of a run with other "
+                                "settings or data; rerun with --force to start over, or use "
+                                "another --out")
 
 
 def _update(net, config: TrainConfig, initial: dict | None) -> dict:
@@ -285,17 +249,18 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     initial = ({n: p.detach().clone() for n, p in model.hf.named_parameters()}
                if config.method == "full" and snapshots else None)
+    parallel = Parallel(accel, cuda)
     net = _trainable(model, config)
     net.train()
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    net, optimizer = parallel.prepare(net, lambda m: torch.optim.AdamW(
+        [p for p in m.parameters() if p.requires_grad], lr=config.lr,
+        weight_decay=config.weight_decay), model.hf, config.batch_size // world)
     scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer,
                               num_warmup_steps=config.warmup_steps, num_training_steps=steps)
     ckpt = out / "checkpoint" if out else None
     start = 0
     if ckpt is not None and (ckpt / "progress.json").is_file():
-        start = _load_checkpoint(ckpt, net, optimizer, scheduler, key)
-    net, optimizer = accel.prepare(net, optimizer)
+        start = parallel.load_checkpoint(ckpt, net, optimizer, scheduler, key)
     params = [p for p in net.parameters() if p.requires_grad]
     main = accel.is_main_process
     log = None
@@ -323,7 +288,7 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
                          collate([seqs[i] for i in idx], pad).items()}
                 with accel.autocast():
                     if world == 1:
-                        loss = answer_loss(accel.unwrap_model(net), batch) / config.grad_accum
+                        loss = answer_loss(parallel.unwrap(net), batch) / config.grad_accum
                     else:  # through the wrapper, so gradients synchronise
                         loss = net(**batch).loss / config.grad_accum
                 if not torch.isfinite(loss):
@@ -350,10 +315,10 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
                 tracker.log({"train/loss": total, "train/lr": scheduler.get_last_lr()[0]},
                             step + 1)
             if step + 1 in wanted:
-                updates[step + 1] = _update(accel.unwrap_model(net), config, initial)
+                updates[step + 1] = _update(parallel.unwrap(net), config, initial)
             if ckpt is not None and ((step + 1) % config.checkpoint_every == 0
                                      or step + 1 == steps):
-                _save_checkpoint(ckpt, accel, net, optimizer, scheduler, step + 1, key)
+                parallel.save_checkpoint(ckpt, net, optimizer, scheduler, step + 1, key)
             if on_step is not None:
                 on_step(step + 1, total)
     finally:
@@ -361,11 +326,15 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
         if log is not None:
             log.close()
     seconds = time.perf_counter() - began
-    net = accel.unwrap_model(net)
+    # every process takes part in gathering the weights (a collective under FSDP / ZeRO-3)
+    gathered = parallel.full_state(net) if world > 1 and out and save_merged else None
+    net = parallel.unwrap(net)
     net.eval()
     if config.method == "lora":
         if out and main:
             net.save_pretrained(out / "adapter")
+        if gathered is not None:    # merged by hand: the wrapped weights may be sharded
+            gathered = _merge_lora_state(gathered, net)
         model.hf = net.merge_and_unload()
     for p in model.hf.parameters():
         p.requires_grad_(False)
@@ -375,7 +344,7 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
                "processes": world}
     if out and main:
         if save_merged:
-            save_model(model, out)
+            save_model(model, out, gathered)
         write_json(out / "train_config.json",
                    {"config": dataclasses.asdict(config), "base_model": model.spec,
                     **settings, "fingerprint": key, **summary, "finished": True})
@@ -387,14 +356,40 @@ def _step_of(line: str) -> int:
     return int(json.loads(line)["step"])
 
 
-def save_model(model: LoadedModel, out: str | Path) -> Path:
-    """Weights (safetensors), config and tokenizer: a directory ``load_model`` accepts."""
+def _merge_lora_state(state: dict, net) -> dict:
+    """A peft model's gathered state dict with every LoRA update merged into its base weight,
+    under the plain model's parameter names."""
+    factors = {}
+    for name, module in net.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            key = name.removeprefix("base_model.model.")
+            factors[key + ".weight"] = {
+                "A": state[f"{name}.lora_A.default.weight"].float(),
+                "B": state[f"{name}.lora_B.default.weight"].float(),
+                "scaling": float(module.scaling["default"]),
+                "transpose": bool(getattr(module, "fan_in_fan_out", False))}
+    deltas = delta_from_factors(factors)
+    merged = {}
+    for name, value in state.items():
+        if ".lora_" in name:
+            continue
+        plain = name.removeprefix("base_model.model.").replace(".base_layer.", ".")
+        merged[plain] = value + deltas[plain].to(value.dtype) if plain in deltas else value
+    return merged
+
+
+def save_model(model: LoadedModel, out: str | Path, state_dict: dict | None = None) -> Path:
+    """Weights (safetensors), config and tokenizer: a directory ``load_model`` accepts.
+    ``state_dict``: weights gathered from several processes, saved instead of the model's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     hf = model.hf
     hf.hf_quantizer = None  # a model loaded from GGUF is plain fp32 by now
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
-    hf.save_pretrained(out, safe_serialization=True)
+    if state_dict is not None and getattr(hf.config, "tie_word_embeddings", False):
+        tied = getattr(hf, "_tied_weights_keys", None) or []   # saved once, as HF does
+        state_dict = {k: v for k, v in state_dict.items() if k not in tied}
+    hf.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
     model.tokenizer.save_pretrained(out)
     return out

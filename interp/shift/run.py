@@ -26,7 +26,6 @@ from interp.files import check_writable, now, write_provenance
 from interp.models import LoadedModel, load_model
 from interp.shift import probes
 from interp.shift.causal import causal_tests
-from interp.shift.explore import explorer_data
 from interp.shift.conditions import (
     Condition,
     build_conditions,
@@ -35,6 +34,7 @@ from interp.shift.conditions import (
     queries,
 )
 from interp.shift.config import ShiftConfig
+from interp.shift.explore import explorer_data
 from interp.shift.measure import ConditionRunner, accuracy, measure_all
 from interp.shift.results import assemble, write_outputs
 from interp.shift.stages import Stages
