@@ -12,12 +12,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from interp.evaluate import predict  # noqa: E402
 from interp.models import load_model  # noqa: E402
-from interp.prompts import demo_pool, sample_demos  # noqa: E402
+from interp.prompts import choose_demos  # noqa: E402
 from interp.tasks import generate  # noqa: E402
 
 
 def bench(model, task: str, shots: int, n: int, batch_size: int) -> dict:
-    demos = sample_demos(demo_pool(task, 64), shots)
+    demos = choose_demos(task, shots)
     queries = generate(task, n, seed=0)
     timings, outputs = {}, {}
     for name, use_cache in (("naive", False), ("cached", True)):
