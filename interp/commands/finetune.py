@@ -128,6 +128,23 @@ def _evaluate(model, tasks, args, label: str) -> dict:
 
 
 def run(args) -> int:
+    try:
+        return _run(args)
+    finally:
+        _leave_group()
+
+
+def _leave_group() -> None:
+    """Every process leaves the process group before it exits: a group still alive at
+    interpreter teardown aborts the process ("terminate called without an active exception")
+    while the main one is still evaluating."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run(args) -> int:
     import pandas as pd
 
     from interp.files import check_writable, now, write_csv, write_json, write_provenance
