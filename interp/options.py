@@ -29,14 +29,17 @@ def comma_list(kind=str, name: str = "value"):
     return parse
 
 
+def _number(text: str, kind):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+
+
 def at_least(minimum: float, kind=int):
     """An argparse type: a number >= ``minimum`` (impossible values are refused, not coerced)."""
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a {kind.__name__}, got {text!r}") from None
+        value = _number(text, kind)
         if value != value or value < minimum:   # NaN or too small
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
         return value
@@ -47,11 +50,7 @@ def at_least(minimum: float, kind=int):
 def positive(kind=int):
     """An argparse type: a number > 0."""
     def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a {kind.__name__}, got {text!r}") from None
+        value = _number(text, kind)
         if value != value or value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
         return value
