@@ -27,5 +27,5 @@ def test_readme_block_runs_alone(index):
         shape = re.search(r"torch.Size\(\[(.*?)\]\)", done.stdout).group(1)
         batch, _, heads, _ = (int(v) for v in shape.split(","))
         assert batch == 1 and heads > 0
-    if "patch_pairs" in block:   # [n_layers, n_heads, n_pairs] and three rows of effects
+    if "patch_pairs" in block:   # [n_layers, n_heads, n_pairs] for the 4 pairs
         assert re.search(r"torch.Size\(\[\d+, \d+, 4\]\)", done.stdout), done.stdout
