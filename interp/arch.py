@@ -206,3 +206,25 @@ def unembed(hf, hidden: torch.Tensor) -> torch.Tensor:
 def plain_name(name: str) -> str:
     """A parameter name as the HF model had it before a TransformerBridge wrapped its modules."""
     return name.replace("_original_component.", "")
+
+
+def _cache_under_old_name(module, args, kwargs):
+    if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+        kwargs["past_key_values"] = kwargs["cache"]
+    return args, kwargs
+
+
+def pass_cache_to_bridge(hf) -> None:
+    """Let a bridged model's attention read the KV cache under either keyword.
+
+    transformers 5.24 renamed the decoder layers' ``past_key_values`` argument to ``cache``;
+    TransformerLens 4.3's attention bridges read only the old name, so a forward continued from
+    a prefix cache silently attended to the new tokens alone. A forward pre-hook on each bridged
+    attention module (public torch API) passes the cache under the old name as well; with
+    transformers < 5.24 there is no ``cache`` keyword and it does nothing."""
+    attention = adapter(hf).o_proj.rsplit(".", 1)[0]
+    for layer in layers(hf):
+        module = getattr(unwrap(layer), attention)
+        if not getattr(module, "_interp_cache_alias", False):
+            module.register_forward_pre_hook(_cache_under_old_name, with_kwargs=True)
+            module._interp_cache_alias = True

@@ -19,7 +19,8 @@ from interp.errors import InterpError
 from interp.options import add_common
 from interp.version import __version__
 
-COMMANDS = ("data", "eval", "finetune", "patch", "gaps", "shift", "study", "align", "sweep")
+COMMANDS = ("data", "eval", "finetune", "patch", "gaps", "shift", "compare", "study", "align",
+            "sweep", "calibrate")
 
 
 class _Parser(argparse.ArgumentParser):

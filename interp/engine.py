@@ -20,6 +20,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from interp.arch import layers as decoder_layers
+from interp.errors import EngineCheckError
 from interp.models import LoadedModel
 
 
@@ -82,6 +83,7 @@ def prefix_cache(model: LoadedModel, tokens: torch.Tensor):
     """The KV cache of ``tokens`` ``[batch, pos]`` (pos >= 1): the part every row shares is run
     once (and remembered while the weights stay the same) and copied to every row; the rest
     runs for all rows together."""
+    check_engine(model)
     B, P = tokens.shape
     shared = common_prefix(tokens)
     if shared == 0:
@@ -106,6 +108,87 @@ def repeat_cache(cache, n: int, from_layer: int = 0):
             new.values = layer.values.repeat_interleave(n, dim=0)
         out.layers.append(new)
     return out
+
+
+# ----------------------------------------------------------------------------- self-check
+
+#: relative tolerance of the engine check, by dtype (float32 at reduced matmul precision uses
+#: the bf16 value); scaled by the largest logit
+CHECK_RTOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+_PROBE_TEXT = "The engine checks itself: 3 + 4 = 7, and two cached rows agree with full ones."
+
+
+def _check_tolerance(model: LoadedModel, logits: torch.Tensor) -> float:
+    dtype = model.dtype
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        dtype = torch.bfloat16
+    return CHECK_RTOL.get(dtype, 5e-2) * max(1.0, float(logits.abs().max()))
+
+
+def _engine_state(model: LoadedModel) -> tuple:
+    return (model.has_bridge, tuple(id(m) for m in decoder_layers(model.hf)))
+
+
+def _library_versions() -> tuple[str, str]:
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    def v(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "(none)"
+
+    try:
+        wanted = [r for r in requires("interp") or [] if r.startswith("transformers")]
+    except PackageNotFoundError:
+        wanted = []
+    supported = f"; supported: {wanted[0].replace(' ', '')}" if wanted else ""
+    return (f"with transformers {v('transformers')} and transformer-lens "
+            f"{v('transformer-lens')}", supported)
+
+
+def _fail(what: str, diff: float, tol: float) -> None:
+    libs, supported = _library_versions()
+    raise EngineCheckError(
+        f"engine check failed: {libs} {what} by {diff:.3g} logits (tolerance {tol:.2g})"
+        f"{supported}; install the locked versions (make install)")
+
+
+@torch.no_grad()
+def _probe(model: LoadedModel) -> None:
+    ids = encode(model.tokenizer, _PROBE_TEXT, first=True)[:16]
+    ids = torch.tensor([ids, ids[:-1] + ids[-2:-1]], device=model.device)   # two rows
+    split = ids.shape[1] // 2
+    full = model.hf(input_ids=ids, use_cache=False).logits[:, split:].float()
+    tol = _check_tolerance(model, full)
+    cache = repeat_cache(_run_cache(model.hf, ids[:1, :split]), 2)
+    cached = model.hf(input_ids=ids[:, split:], past_key_values=cache, use_cache=True).logits
+    diff = float((cached[:, -full.shape[1]:].float() - full).abs().max())
+    if not diff <= tol:
+        _fail("a forward continued from a prefix cache differs from the full forward", diff, tol)
+    if model.has_bridge:
+        with model.bridge.hooks(fwd_hooks=[(f"blocks.{l}.hook_resid_pre", lambda act, hook: None)
+                                           for l in range(model.n_layers)]):
+            hooked = model.hf(input_ids=ids, use_cache=False).logits[:, split:].float()
+        diff = float((hooked - full).abs().max())
+        if not diff <= tol:
+            _fail("a forward with no-op hooks differs from the unhooked forward", diff, tol)
+
+
+def check_engine(model: LoadedModel) -> None:
+    """Check, once per engine state (before and after the bridge is built, and after any change
+    of the decoder modules), that a forward continued from a prefix KV cache equals the full
+    forward and that no-op hooks change nothing; :class:`EngineCheckError` otherwise. Every
+    fast path (shared-prefix patching, layer skipping, cached evaluation) rests on both."""
+    state = _engine_state(model)
+    if state in model.engine_checked:
+        return
+    model.engine_checked.add(state)   # first, so that the probe's own forwards do not recurse
+    try:
+        _probe(model)
+    except BaseException:
+        model.engine_checked.discard(state)
+        raise
 
 
 # ----------------------------------------------------------------------------- the forward
@@ -149,6 +232,7 @@ def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = 
     at ``first_layer`` from ``resid`` (the residual stream entering it, ``[batch, pos, d]``).
     ``last_only``: logits ``[batch, 1, vocab]`` of the last position only. Gradients flow when
     enabled by the caller."""
+    check_engine(model)
     hook_ctx = model.bridge.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
     with hook_ctx, _skipping(model.hf, first_layer, resid):
         out = model.hf(input_ids=ids, past_key_values=past, use_cache=past is not None,
@@ -181,6 +265,7 @@ class PrefixRunner:
     the attention mask hides the pads and position ids are explicit."""
 
     def __init__(self, model: LoadedModel, prefix: str, use_cache: bool = True):
+        check_engine(model)
         self.model = model
         self.hf = model.hf
         self.prefix_ids = encode(model.tokenizer, prefix, first=True)

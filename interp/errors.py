@@ -31,3 +31,12 @@ class StaleResultsError(InterpError):
 
 class TrainingError(InterpError):
     """Training cannot go on (for instance the loss stopped being finite)."""
+
+
+class EngineCheckError(InterpError):
+    """The fast engine disagrees with the plain forward (typically an unsupported library
+    version): its numbers would be wrong."""
+
+
+class DegenerateDataError(InterpError):
+    """Measurements that cannot come from a model reading its input (no spread across pairs)."""

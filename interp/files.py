@@ -1,5 +1,5 @@
 """Crash-safe files: one writer for JSON, text/CSV/HTML and safetensors, strict JSON, stage
-fingerprints and provenance.
+fingerprints.
 
 Every writer puts its bytes in a temporary file in the target's directory and ``os.replace``s
 it, so a reader sees the old file or the new one, never half of one. JSON is strict
@@ -15,8 +15,6 @@ import hashlib
 import json
 import math
 import os
-import platform
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from interp.errors import ConfigError, StaleResultsError
-from interp.version import __version__
 
 
 def _umask() -> int:
@@ -165,66 +162,5 @@ def check_writable(out: str | Path) -> Path:
     return out
 
 
-def _git_commit() -> str | None:
-    here = Path(__file__).resolve().parent.parent
-    if not (here / ".git").exists():
-        return None
-    try:
-        done = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return done.stdout.strip() or None
-
-
-def versions() -> dict[str, str | None]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"interp": __version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "transformer-lens", "peft", "accelerate"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def weights_hash(directory: str | Path | None) -> str | None:
-    """sha256 over a model directory's weight files (name, size and content)."""
-    if directory is None or not Path(directory).is_dir():
-        return None
-    digest = hashlib.sha256()
-    files = sorted(p for p in Path(directory).iterdir()
-                   if p.suffix in (".safetensors", ".bin", ".gguf") and p.is_file())
-    for p in files:
-        digest.update(f"{p.name}:{p.stat().st_size}".encode())
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()[:16] if files else None
-
-
 def now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def model_record(model) -> dict:
-    """A model's spec, weights hash, device and dtype (a LoadedModel or a spec string)."""
-    if isinstance(model, str):
-        from interp.models import source_path  # torch: only when provenance is written
-
-        return {"spec": model, "weights_hash": weights_hash(source_path(model))}
-    return {**model.describe(), "weights_hash": weights_hash(model.source_dir)}
-
-
-def write_provenance(out: str | Path, settings: dict, models: dict | None = None,
-                     started: str | None = None, **extra) -> Path:
-    """``out/provenance.json``: versions, git commit, device and dtype, seeds, the resolved
-    settings, each model's spec and weights hash (``models``: name -> LoadedModel or spec),
-    start and end times."""
-    seeds = {k: v for k, v in settings.items() if "seed" in k}
-    record = {"versions": versions(), "git_commit": _git_commit(), "host": platform.node(),
-              "seeds": seeds, "settings": settings,
-              "models": {name: model_record(m) for name, m in (models or {}).items()},
-              "started": started, "ended": now(), **extra}
-    return write_json(Path(out) / "provenance.json", record)

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from interp.arch import Adapter, adapter, plain_name
+from interp.arch import Adapter, adapter, pass_cache_to_bridge, plain_name
 from interp.errors import ConfigError, InterpError, MissingDependencyError, ModelSpecError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -138,6 +138,8 @@ class LoadedModel:
     _bridge: Any = field(default=None, repr=False)
     #: bumped whenever the weights change (``swapped``), so caches of activations can tell
     weights_version: int = 0
+    #: engine states (bridge or not, decoder modules) that passed ``engine.check_engine``
+    engine_checked: set = field(default_factory=set, repr=False)
 
     @property
     def config(self):
@@ -181,6 +183,7 @@ class LoadedModel:
                 device=self.device, dtype=self.dtype,
             )
             self._bridge.eval()
+            pass_cache_to_bridge(self.hf)
         return self._bridge
 
     def copy(self) -> LoadedModel:

@@ -18,11 +18,12 @@ import torch
 
 from interp.claims import BY_NAME, CLAIMS, claim_rows, verdict
 from interp.errors import ConfigError, InterpError
-from interp.files import check_writable, now, read_json, write_csv, write_json, write_provenance
+from interp.files import check_writable, now, read_json, write_csv, write_json
 from interp.models import load_model
+from interp.provenance import write_provenance
 from interp.report.study import write_study_report
 from interp.shift import ShiftConfig, run_shift
-from interp.shift.compare import Bootstrap, Maps, gate
+from interp.shift.compare import condition_summary
 from interp.shift.conditions import build_conditions, build_pairs
 from interp.shift.measure import ConditionRunner, flatten, pair_scores
 from interp.tasks import get_task
@@ -91,15 +92,11 @@ def preflight(config: ShiftConfig) -> dict:
     conds = {c.name: c for c in build_conditions(config, model.tokenizer) if c.seed == 0}
     pairs = build_pairs(config, model.tokenizer, config.n_pairs)
     runner = ConditionRunner(model, {}, config.task)
-    boot = Bootstrap.draw(config.n_pairs, config.n_boot, 1, 1, config.seed)
     out = {}
     for name in ("base-zs", "base-icl"):
         s = pair_scores(runner, conds[name], pairs)
-        m = Maps(name, [flatten(s)], [s["clean"] - s["corrupt"]], config.n_pairs, boot,
-                 config.n_splits, config.seed)
-        gap, rel = m.gap(boot), m.reliability()
-        passed, reason = gate(gap, rel)
-        out[name] = {"gap": gap, "reliability": rel, "passes": passed, "reason": reason}
+        out[name] = condition_summary(flatten(s), s["clean"] - s["corrupt"], config.n_boot,
+                                      config.seed)
     out["runnable"] = out["base-icl"]["passes"]
     return out
 

@@ -29,8 +29,9 @@ def add_parser(sub):
 
 def run(args) -> int:
     from interp.align import run_alignment, summarize, write_results
-    from interp.files import check_writable, now, write_provenance
+    from interp.files import check_writable, now
     from interp.models import check_device
+    from interp.provenance import write_provenance
 
     started = now()
     check_device(args.device)

@@ -45,8 +45,9 @@ def run(args) -> int:
     import pandas as pd
 
     from interp.evaluate import SCORINGS, evaluate
-    from interp.files import check_writable, now, write_csv, write_provenance
+    from interp.files import check_writable, now, write_csv
     from interp.models import check_device, load_model
+    from interp.provenance import write_provenance
 
     started = now()
     tasks = tasks_of(args.task)

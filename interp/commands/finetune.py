@@ -147,11 +147,12 @@ def _leave_group() -> None:
 def _run(args) -> int:
     import pandas as pd
 
-    from interp.files import check_writable, now, write_csv, write_json, write_provenance
+    from interp.files import check_writable, now, write_csv, write_json
     from interp.finetune import GD_METHODS, train, train_gd
     from interp.finetune.trainer import check_run_dir
     from interp.models import check_device, load_model
     from interp.prompts import choose_demos
+    from interp.provenance import write_provenance
     from interp.tasks import generate, get_task
     from interp.tracking import start as start_tracker
 

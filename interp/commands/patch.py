@@ -99,11 +99,11 @@ def run(args) -> int:
         now,
         save_tensors,
         write_json,
-        write_provenance,
         write_text,
     )
     from interp.models import check_device, load_model
     from interp.plots import heatmap, write_page
+    from interp.provenance import write_provenance
 
     started = now()
     components = _components(args.component)

@@ -39,8 +39,9 @@ def run(args) -> int:
 
     import pandas as pd
 
-    from interp.files import check_writable, now, write_provenance
+    from interp.files import check_writable, now
     from interp.models import check_device
+    from interp.provenance import write_provenance
     from interp.sweep import cells, done, load_sweep, parse_shard, run_sweep, submit
 
     sweep = load_sweep(args.config)

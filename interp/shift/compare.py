@@ -1,163 +1,195 @@
 """From per-pair component scores to shifts, effects against shams, and their intervals.
 
-- A condition's **map** is the mean over pairs of its per-pair component scores (heads then
-  MLPs, logit units). Its **reliability** is the split-half correlation of the map over unique
-  pairs, stepped up by Spearman-Brown, averaged over ``n_splits`` random splits.
+:func:`compare_scores` is the whole comparison, from stored scores alone (``interp compare``
+re-runs it on a run directory without a model):
+
+- A condition's **map** is the mean over all 2n pairs of its per-pair component scores (heads
+  then MLPs, logit units). Every condition is scored on the same pairs, so the maps' errors are
+  correlated; :mod:`interp.shift.estimator` subtracts that shared error covariance.
+- **Reliability**: the share of the map's variance across components that the true map
+  explains (a variance component, computed the same way in every resample).
 - **Gates**: a condition whose clean-corrupt gap interval does not lie above 0, or whose
-  reliability interval does not lie above 0.2, has no circuit to compare; distances to it are
-  undefined (``None`` with a ``reason``).
-- The **distance** of two maps is disattenuated: 1 - r_ab / sqrt(r_a r_b) (Pearson across
-  components; reliabilities not clipped). The **shift** of a condition is its distance to
-  base-zs, averaged over replicates.
+  reliability is below 0.7 (attenuation factor at most 1.43), has no circuit to compare;
+  distances to it are undefined (``None`` with a ``reason``).
+- The **shift** of a condition is 1 - the disattenuated Pearson correlation of its map with
+  base-zs's, averaged over replicate seeds.
 - **Effects**: effect(icl) = shift(base-icl) - shift(base-icl-other-task), effect(ft) =
   shift(ft-zs) - shift(ft-other-task), and their difference (primary); the same with the
-  shuffled shams (secondary; ft-random-delta where ft-shuffled fails its gate); and the
-  direct distances of each real condition to its shams.
-- **Intervals**: percentile bootstrap. Pairs are resampled once per resample and the same
-  resample serves every condition (so differences keep their pairing); with several
-  demonstration or fine-tuning seeds the bootstrap is hierarchical (seeds, then pairs).
-- **Noise floor**: for every condition, the distance between the maps of two disjoint sets of
-  n pairs (the same n the shifts use).
+  shuffled shams (secondary; ft-random-delta where ft-shuffled fails its gate); and the direct
+  distances of each real condition to its shams.
+- **Sensitivity** (outside the verdict): the shifts and the primary contrast on heads only and
+  on MLPs only, with the same correction and intervals.
+- **Intervals**: pairs are resampled once per resample and the same resample serves every
+  condition. With one seed per condition, a basic bootstrap interval over pairs (conditional on
+  that seed). With several demonstration or fine-tuning seeds, seeds are a random factor:
+  t interval over the pair-resampling variance plus the between-seed variance of the per-seed
+  estimates (Satterthwaite degrees of freedom). A statistic undefined in more than 2.5 % of
+  resamples is reported undefined.
+- **Noise floor**: the same estimator between the maps of the two disjoint halves of a
+  condition's pairs: the null band of a shift at n pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
 
 import torch
+from scipy.stats import t as student_t
 
-from interp.shift.config import GAP_GATE, RELIABILITY_GATE, SHAMS
-from interp.stats import pearson, percentile_ci, resample_weights, split_half
+from interp.errors import ConfigError, DegenerateDataError
+from interp.shift.config import (
+    CONDITIONS,
+    EQUIVALENCE_MARGIN,
+    FT_CONDITIONS,
+    GAP_GATE,
+    ICL_CONDITIONS,
+    RELIABILITY_GATE,
+    SHAMS,
+)
+from interp.shift.estimator import (
+    Stat,
+    centred,
+    correlation,
+    moments,
+    population,
+    reliability,
+)
+from interp.shift.verdict import RULES, decide, sentence
+from interp.stats import resample_weights
 
-BOOTSTRAP_METHOD = ("percentile bootstrap: pairs resampled with replacement, one resample shared "
-                    "by every condition{seeds}; {n_boot} resamples")
-
-
-@dataclass
-class Bootstrap:
-    """Resample weights: pairs of set A (``a``) and B (``b``), ``[n_boot, n]``; replicate seeds
-    of the ICL and FT conditions, ``[n_boot, n_seeds]`` (rows sum to 1)."""
-
-    a: torch.Tensor
-    b: torch.Tensor
-    icl: torch.Tensor
-    ft: torch.Tensor
-
-    @classmethod
-    def draw(cls, n_pairs: int, n_boot: int, demo_seeds: int, ft_seeds: int, seed: int = 0):
-        def reps(k, s):
-            return resample_weights(k, n_boot, s) if k > 1 else torch.ones(n_boot, 1).double()
-        return cls(resample_weights(n_pairs, n_boot, seed), resample_weights(n_pairs, n_boot,
-                                                                             seed + 1),
-                   reps(demo_seeds, seed + 2), reps(ft_seeds, seed + 3))
-
-    def seeds(self, condition: str) -> torch.Tensor:
-        if condition.startswith(("base-icl", "icl@")):
-            return self.icl
-        if condition.startswith("ft"):
-            return self.ft
-        return torch.ones(self.a.shape[0], 1, dtype=torch.float64)
+BOOTSTRAP_METHOD = ("pairs resampled with replacement, one resample shared by every condition; "
+                    "{n_boot} resamples; shared-pair error covariance subtracted; basic "
+                    "bootstrap intervals{seeds}")
+UNDEFINED_SHARE = 0.025
 
 
-def interval(samples: torch.Tensor, estimate: float | None, **extra) -> dict:
-    """``{"estimate", "ci95", ...}`` from bootstrap samples (NaN samples left out and counted)."""
-    finite = torch.isfinite(samples)
-    if estimate is None or not finite.any() or estimate != estimate:
-        return {"estimate": None, "ci95": None, **extra}
-    low, high = percentile_ci(samples[finite])
-    out = {"estimate": float(estimate), "ci95": [float(low), float(high)], **extra}
-    if not finite.all():
-        out["undefined_resamples"] = int((~finite).sum())
+def family(condition: str) -> str:
+    """The random factor a condition's replicates sample: demonstration or fine-tuning seeds."""
+    if condition in ICL_CONDITIONS:
+        return "icl"
+    if condition in FT_CONDITIONS:
+        return "ft"
+    return "base"
+
+
+def interval(stat: Stat, **extra) -> dict:
+    """``{"estimate", "ci95", "se", "reason", ...}`` of a statistic (see the module doc)."""
+    point = sum(float(p.mean()) for p in stat.point.values())
+    boot = sum(b.mean(-1) for b in stat.boot.values())
+    truth = sum(float(t.mean()) for t in stat.truth.values())
+    undefined = float((~torch.isfinite(boot)).double().mean())
+    if not math.isfinite(point):
+        return {"estimate": None, "ci95": None, "se": None, **extra,
+                "reason": extra.get("reason") or "undefined on the sample"}
+    if undefined > UNDEFINED_SHARE:
+        return {"estimate": None, "ci95": None, "se": None, **extra,
+                "reason": f"undefined in {undefined:.1%} of resamples (more than "
+                          f"{UNDEFINED_SHARE:.1%})"}
+    dev = boot[torch.isfinite(boot)] - truth
+    between = [p.var() / p.numel() for p in stat.point.values() if p.numel() > 1]
+    if not between:
+        q = torch.quantile(dev, torch.tensor([0.025, 0.975], dtype=dev.dtype))
+        lo, hi = point - float(q[1]), point - float(q[0])
+        se = float(dev.std())
+    else:
+        parts = [float(v) for v in between]
+        dfs = [p.numel() - 1 for p in stat.point.values() if p.numel() > 1]
+        var = float(dev.var()) + sum(parts)
+        # Satterthwaite: the pair-resampling part has (practically) infinite degrees of freedom
+        spread = sum(v * v / d for v, d in zip(parts, dfs))
+        df = var * var / spread if spread > 0 else math.inf
+        se = math.sqrt(var)
+        half = (float(student_t.ppf(0.975, max(df, 1.0))) if math.isfinite(df) else 1.96) * se
+        lo, hi = point - half, point + half
+    out = {"estimate": point, "ci95": [lo, hi], "se": se, "reason": None, **extra}
+    if undefined:
+        out["undefined_share"] = undefined
     return out
 
 
-class Maps:
-    """Per-pair scores of one condition's replicates on pair sets A and B: ``x[r]`` is
-    ``[n_components, 2n]``; ``gaps[r]`` is ``[2n]``."""
+class Comparison:
+    """Every statistic of one set of stored scores, sharing one pair resample."""
 
-    def __init__(self, name: str, x: list[torch.Tensor], gaps: list[torch.Tensor], n: int,
-                 boot: Bootstrap, n_splits: int, seed: int):
-        self.name, self.n = name, n
-        x = [v.double() for v in x]
-        self.x_a = [v[:, :n] for v in x]
-        self.x_b = [v[:, n:2 * n] for v in x]
-        self.gap_a = [g[:n].double() for g in gaps]
-        self.rep = boot.seeds(name)                     # [n_boot, R]
-        self.point = [v.mean(-1) for v in self.x_a]
-        self.rel = [float(split_half(v, n_splits, seed)) for v in self.x_a]
-        self.boot_map = [v @ boot.a.T for v in self.x_a]                     # [C, n_boot]
-        self.boot_rel = [split_half(v, n_splits, seed, boot.a).double() for v in self.x_a]
-        self.has_b = all(v.shape[1] == n for v in self.x_b)
-        if self.has_b:
-            self.point_b = [v.mean(-1) for v in self.x_b]
-            self.rel_b = [float(split_half(v, n_splits, seed)) for v in self.x_b]
-            self.boot_map_b = [v @ boot.b.T for v in self.x_b]
-            self.boot_rel_b = [split_half(v, n_splits, seed, boot.b).double() for v in self.x_b]
+    def __init__(self, scores: dict, gaps: dict, n_pairs: int, n_boot: int, seed: int,
+                 components: slice | None = None):
+        self.names = [c for c in CONDITIONS if c in scores]
+        self.index: dict[str, list[int]] = {}
+        series = []
+        for name in self.names:
+            self.index[name] = list(range(len(series), len(series) + len(scores[name])))
+            series += [x[components] if components is not None else x for x in scores[name]]
+        y = centred(torch.stack([torch.as_tensor(x) for x in series]))
+        self.n, self.N = n_pairs, y.shape[-1]
+        self.w = resample_weights(self.N, n_boot, seed)
+        full = moments(y, torch.full((1, self.N), 1.0 / self.N, dtype=torch.float64))
+        self.C, self.V = full.true_cov()[0], full.observed_cov()[0]
+        boot = moments(y, self.w)
+        self.Cb, self.Vb = boot.true_cov(), boot.observed_cov()
+        self.Ct, self.Vt = population(y)
+        self.y, self.gaps, self.n_boot, self.seed = y, gaps, n_boot, seed
 
-    def pooled(self, per_rep: list[torch.Tensor]) -> torch.Tensor:
-        """Replicate-weighted mean of per-replicate bootstrap samples ``[n_boot]``."""
-        return (torch.stack(per_rep, -1) * self.rep).sum(-1) / self.rep.sum(-1)
+    def _per_seed(self, name: str, fn) -> Stat:
+        point, boot, truth = [], [], []
+        for i in self.index[name]:
+            point.append(fn(self.C, self.V, i))
+            boot.append(fn(self.Cb, self.Vb, i))
+            truth.append(fn(self.Ct, self.Vt, i))
+        return Stat.of(family(name), torch.stack(point), torch.stack(boot, -1),
+                       torch.stack(truth))
 
-    def gap(self, boot: Bootstrap) -> dict:
-        point = float(torch.stack([g.mean() for g in self.gap_a]).mean())
-        return interval(self.pooled([g @ boot.a.T for g in self.gap_a]), point)
+    def reliability(self, name: str) -> Stat:
+        return self._per_seed(name, lambda C, V, i: reliability(C, V, i))
 
-    def reliability(self) -> dict:
-        return interval(self.pooled(self.boot_rel), sum(self.rel) / len(self.rel))
+    def distance(self, a: str, b: str) -> Stat:
+        """1 - disattenuated correlation; replicate r of ``a`` with replicate r of ``b`` (or
+        with ``b``'s only one)."""
+        idx_b = self.index[b]
 
-    def noise_floor(self) -> dict:
-        if not self.has_b:
+        def fn(C, V, i):
+            r = self.index[a].index(i)
+            return 1.0 - correlation(C, i, idx_b[min(r, len(idx_b) - 1)])
+        return self._per_seed(a, fn)
+
+    def gap(self, name: str) -> dict:
+        g = torch.stack([torch.as_tensor(v).double() for v in self.gaps[name]])   # [R, N]
+        stat = Stat.of(family(name), g.mean(-1), (g @ self.w.T).T, g.mean(-1))
+        out = interval(stat)
+        if self.N > 1 and out["ci95"] is not None and out["ci95"][0] == out["ci95"][1]:
+            raise DegenerateDataError(
+                f"condition {name}: every pair gives the same clean-corrupt gap "
+                f"({out['estimate']:.4g}, an interval of width 0): the model ignored its input; "
+                f"check the installed versions (make install)")
+        return out
+
+    def noise_floor(self, name: str) -> dict:
+        """The estimator between the maps of pair sets A and B of the same condition."""
+        if self.N < 2 * self.n or self.n < 3:
             return {"estimate": None, "ci95": None, "reason": "fewer than 2n pairs"}
-        point = sum(_dist(a, b, ra, rb) for a, b, ra, rb in
-                    zip(self.point, self.point_b, self.rel, self.rel_b)) / len(self.point)
-        samples = self.pooled([_dist_boot(a, b, ra, rb) for a, b, ra, rb in zip(
-            self.boot_map, self.boot_map_b, self.boot_rel, self.boot_rel_b)])
-        return interval(samples, point, n_pairs=self.n)
+        stats = []
+        w = resample_weights(self.n, self.n_boot, self.seed + 1)
+        full = torch.full((1, self.n), 1.0 / self.n, dtype=torch.float64)
+        for i in self.index[name]:
+            halves = torch.stack([self.y[i, :, :self.n], self.y[i, :, self.n:2 * self.n]])
+            C, Cb = moments(halves, full).true_cov()[0], moments(halves, w).true_cov()
+            Ct, _ = population(halves)
+            stats.append((1 - correlation(C, 0, 1), 1 - correlation(Cb, 0, 1),
+                          1 - correlation(Ct, 0, 1)))
+        stat = Stat.of(family(name), torch.stack([s[0] for s in stats]),
+                       torch.stack([s[1] for s in stats], -1), torch.stack([s[2] for s in stats]))
+        return interval(stat, n_pairs=self.n)
 
 
-def _dist(a: torch.Tensor, b: torch.Tensor, ra: float, rb: float) -> float:
-    if not (ra > 0 and rb > 0):
-        return float("nan")
-    return 1.0 - float(pearson(a, b)) / (ra * rb) ** 0.5
-
-
-def _dist_boot(a: torch.Tensor, b: torch.Tensor, ra: torch.Tensor, rb: torch.Tensor
-               ) -> torch.Tensor:
-    """Disattenuated distances per resample: ``a``, ``b`` ``[C, n_boot]``, ``ra``, ``rb``
-    ``[n_boot]``."""
-    r = pearson(a.T, b.T)
-    den = (ra * rb).clamp_min(0).sqrt()
-    out = 1.0 - r / den
-    return torch.where((ra > 0) & (rb > 0), out, torch.full_like(out, float("nan")))
-
-
-def distance(x: Maps, y: Maps) -> tuple[float, torch.Tensor]:
-    """Point estimate and bootstrap samples of d(x, y), averaged over replicate combinations
-    (weighted by each resample's replicate weights)."""
-    points, samples, weights = [], [], []
-    for i in range(len(x.point)):
-        for j in range(len(y.point)):
-            points.append(_dist(x.point[i], y.point[j], x.rel[i], y.rel[j]))
-            samples.append(_dist_boot(x.boot_map[i], y.boot_map[j], x.boot_rel[i],
-                                      y.boot_rel[j]))
-            weights.append(x.rep[:, i] * y.rep[:, j])
-    w = torch.stack(weights, -1)
-    s = torch.stack(samples, -1)
-    ok = torch.isfinite(s)
-    pooled = (torch.where(ok, s, torch.zeros_like(s)) * w).sum(-1) / (w * ok).sum(-1)
-    pooled = torch.where((w * ok).sum(-1) > 0, pooled, torch.full_like(pooled, float("nan")))
-    return sum(points) / len(points), pooled
-
-
-def gate(gap: dict, reliability: dict) -> tuple[bool, str | None]:
-    """Whether a condition has a measurable circuit: its gap interval above 0 and its
-    reliability interval above 0.2; else the reason."""
+def gate(gap: dict, rel: dict, reliability_gate: float = RELIABILITY_GATE
+         ) -> tuple[bool, str | None]:
+    """Whether a condition has a measurable circuit: its gap interval above 0 and its map's
+    reliability (point estimate) at least 0.7; else the reason."""
     if gap["ci95"] is None or gap["ci95"][0] <= GAP_GATE:
         return False, (f"clean-corrupt gap interval {_fmt(gap['ci95'])} does not lie above "
                        f"{GAP_GATE:g}: no behaviour to explain")
-    if reliability["ci95"] is None or reliability["ci95"][0] <= RELIABILITY_GATE:
-        return False, (f"map reliability interval {_fmt(reliability['ci95'])} does not lie above "
-                       f"{RELIABILITY_GATE:g}: the map is mostly noise at this number of pairs")
+    if rel["estimate"] is None or rel["estimate"] < reliability_gate:
+        shown = "undefined" if rel["estimate"] is None else f"{rel['estimate']:.3f}"
+        return False, (f"map reliability {shown} is below {reliability_gate:g}: the map is "
+                       f"mostly noise at this number of pairs")
     return True, None
 
 
@@ -165,71 +197,176 @@ def _fmt(ci) -> str:
     return "undefined" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
 
 
-def compare(maps: dict[str, Maps], boot: Bootstrap, blocked: dict[str, str] | None = None
-            ) -> dict:
-    """Gaps, reliabilities, gates, noise floors, shifts, effects (primary, secondary, direct)
-    and d(base-icl, ft-zs), all with intervals from the same resamples. ``blocked``: conditions
-    that fail their gate for a reason of their own (a sham whose prompt length is not
-    matched)."""
+def _undefined(reason: str, **extra) -> dict:
+    return {"estimate": None, "ci95": None, "se": None, **extra, "reason": reason}
+
+
+def _check_inputs(scores: dict, gaps: dict, n_pairs: int) -> None:
+    if "base-zs" not in scores:
+        raise ConfigError("compare_scores needs the base-zs condition")
+    unknown = sorted(set(scores) - set(CONDITIONS))
+    if unknown:
+        raise ConfigError(f"unknown condition {unknown[0]!r}; known: {', '.join(CONDITIONS)}")
+    shapes = {tuple(torch.as_tensor(x).shape) for v in scores.values() for x in v}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ConfigError(f"every score tensor must be [n_components, 2 * n_pairs] of one "
+                          f"shape, got {sorted(shapes)}")
+    n_pairs_total = next(iter(shapes))[1]
+    if n_pairs < 3 or n_pairs_total < n_pairs:
+        raise ConfigError(f"n_pairs must be >= 3 and at most the scored pairs "
+                          f"({n_pairs_total}), got {n_pairs}")
+    for name, v in scores.items():
+        if len(gaps.get(name, ())) != len(v):
+            raise ConfigError(f"condition {name}: {len(v)} score replicates but "
+                              f"{len(gaps.get(name, ()))} gap replicates")
+
+
+def _effects(comp: Comparison, shift: dict, stats: dict, gates: dict) -> tuple[dict, dict]:
+    """Primary and secondary effects (real condition's shift minus its sham's) and the
+    icl - ft contrasts, with intervals."""
+    def effect(real: str, sham: str | None) -> tuple[dict, Stat | None]:
+        if sham is None or sham not in shift:
+            return _undefined("no sham", sham=sham), None
+        for c in (real, sham):
+            if shift[c]["estimate"] is None:
+                return _undefined(shift[c]["reason"], sham=sham), None
+        s = stats[real] - stats[sham]
+        return interval(s, sham=sham), s
+
+    def contrast(icl, ft) -> dict:
+        if icl[1] is None or ft[1] is None:
+            return _undefined((icl[0] if icl[1] is None else ft[0])["reason"], sham=None)
+        return interval(icl[1] - ft[1], sham=f"{icl[0]['sham']} / {ft[0]['sham']}")
+
+    icl_p, icl_s, _ = SHAMS["base-icl"]
+    ft_p, ft_s, ft_fallback = SHAMS["ft-zs"]
+    secondary_ft = ft_s if gates.get(ft_s, (False,))[0] else ft_fallback
+    out = []
+    for icl_sham, ft_sham in ((icl_p, ft_p), (icl_s, secondary_ft)):
+        icl, ft = effect("base-icl", icl_sham), effect("ft-zs", ft_sham)
+        out.append({"icl": icl[0], "ft": ft[0], "icl_minus_ft": contrast(icl, ft)})
+    return out[0], out[1]
+
+
+def _shifts(comp: Comparison, gates: dict) -> tuple[dict, dict]:
+    shift, stats = {}, {}
+    for name in comp.names:
+        if name == "base-zs":
+            continue
+        blocked = [c for c in (name, "base-zs") if not gates[c][0]]
+        if blocked:
+            c = blocked[0]
+            why = f"{c}: {gates[c][1]}"
+            if c == "base-zs":
+                why += "; shifts from base-zs are undefined, see effects_direct"
+            shift[name] = _undefined(why)
+            continue
+        stats[name] = comp.distance(name, "base-zs")
+        shift[name] = interval(stats[name])
+    return shift, stats
+
+
+def _direct(comp: Comparison, gates: dict, secondary_ft: str | None) -> dict:
+    def dist(a: str, b: str | None) -> dict:
+        if b is None or b not in comp.index:
+            return _undefined("no sham", sham=b)
+        for c in (a, b):
+            if not gates[c][0]:
+                return _undefined(f"{c}: {gates[c][1]}", sham=b)
+        return interval(comp.distance(a, b), sham=b)
+
+    icl_p, icl_s, _ = SHAMS["base-icl"]
+    return {"icl": dist("base-icl", icl_p), "ft": dist("ft-zs", SHAMS["ft-zs"][0]),
+            "icl_secondary": dist("base-icl", icl_s), "ft_secondary": dist("ft-zs", secondary_ft),
+            "icl_vs_ft": {**dist("base-icl", "ft-zs"), "sham": None}}
+
+
+def _summaries(comp: Comparison, blocked: dict, reliability_gate: float) -> tuple[dict, dict]:
     summary, gates = {}, {}
-    for name, m in maps.items():
-        gap, rel = m.gap(boot), m.reliability()
-        passed, reason = gate(gap, rel)
-        if passed and blocked and name in blocked:
+    for name in comp.names:
+        gap, rel = comp.gap(name), interval(comp.reliability(name))
+        rel_ci = rel["ci95"]
+        rel["excludes_estimate"] = (rel_ci is not None
+                                    and not rel_ci[0] <= rel["estimate"] <= rel_ci[1])
+        passed, reason = gate(gap, rel, reliability_gate)
+        if passed and name in blocked:
             passed, reason = False, blocked[name]
         gates[name] = (passed, reason)
         summary[name] = {"gap": gap, "reliability": rel,
                          "gate": {"passed": passed, "reason": reason},
-                         "noise_floor": m.noise_floor()}
-    samples: dict[tuple, torch.Tensor] = {}
+                         "noise_floor": comp.noise_floor(name)}
+    return summary, gates
 
-    def dist(a: str, b: str) -> dict:
-        """d(a, b) with interval, or None with the reason a gate gives."""
-        for c in (a, b):
-            if not gates[c][0]:
-                return {"estimate": None, "ci95": None, "reason": f"{c}: {gates[c][1]}"}
-        point, s = distance(maps[a], maps[b])
-        samples[(a, b)] = s
-        return interval(s, point, reason=None)
 
-    shift = {name: dist(name, "base-zs") for name in maps if name != "base-zs"}
-    if not gates["base-zs"][0]:
-        for v in shift.values():
-            v["reason"] = (f"base-zs: {gates['base-zs'][1]}; shifts from base-zs are undefined, "
-                           "see effects_direct")
+def _sensitivity(scores: dict, gaps: dict, gates: dict, n_pairs: int, n_boot: int, seed: int,
+                 n_heads: int | None) -> dict:
+    """Shifts and the primary contrast on heads only and on MLPs only (outside the verdict)."""
+    if not n_heads:
+        return {}
+    out = {}
+    for label, part in (("heads_only", slice(0, n_heads)), ("mlp_only", slice(n_heads, None))):
+        comp = Comparison(scores, gaps, n_pairs, n_boot, seed, components=part)
+        if comp.y.shape[1] < 3:
+            continue
+        shift, stats = _shifts(comp, gates)
+        primary, _ = _effects(comp, shift, stats, gates)
+        out[label] = {"shift": shift, "icl_minus_ft": primary["icl_minus_ft"]}
+    return out
 
-    def effect(real: str, sham: str | None) -> dict:
-        if sham is None:
-            return {"estimate": None, "ci95": None, "sham": None, "reason": "no sham"}
-        a, b = shift[real], shift[sham]
-        if a["estimate"] is None or b["estimate"] is None:
-            why = a.get("reason") if a["estimate"] is None else b.get("reason")
-            return {"estimate": None, "ci95": None, "sham": sham, "reason": why}
-        s = samples[(real, "base-zs")] - samples[(sham, "base-zs")]
-        return interval(s, a["estimate"] - b["estimate"], sham=sham, reason=None)
 
-    def contrast(icl: dict, ft: dict, icl_real="base-icl", ft_real="ft-zs") -> dict:
-        if icl["estimate"] is None or ft["estimate"] is None:
-            why = icl.get("reason") if icl["estimate"] is None else ft.get("reason")
-            return {"estimate": None, "ci95": None, "sham": None, "reason": why}
-        s = ((samples[(icl_real, "base-zs")] - samples[(icl["sham"], "base-zs")]) -
-             (samples[(ft_real, "base-zs")] - samples[(ft["sham"], "base-zs")]))
-        return interval(s, icl["estimate"] - ft["estimate"],
-                        sham=f"{icl['sham']} / {ft['sham']}", reason=None)
+def compare_scores(scores: dict, gaps: dict, *, n_pairs: int, n_boot: int = 500, seed: int = 0,
+                   margin: float = EQUIVALENCE_MARGIN, blocked: dict | None = None,
+                   reliability_gate: float = RELIABILITY_GATE, n_heads: int | None = None
+                   ) -> dict:
+    """The comparison of stored scores, as plain JSON-shaped dicts.
 
-    icl_p, _, _ = SHAMS["base-icl"]
-    ft_p, ft_s, ft_fallback = SHAMS["ft-zs"]
-    primary = {"icl": effect("base-icl", icl_p), "ft": effect("ft-zs", ft_p)}
-    primary["icl_minus_ft"] = contrast(primary["icl"], primary["ft"])
+    ``scores[condition]``: one tensor per replicate seed, ``[n_components, 2 * n_pairs]`` (set A
+    then set B); ``gaps[condition]``: the matching ``[2 * n_pairs]`` clean-corrupt gaps.
+    ``blocked``: conditions that fail their gate for a reason of their own; ``n_heads``: the
+    first ``n_heads`` components are heads (enables the heads-only / MLP-only sensitivity).
+    Returns ``summary`` (gap, reliability, gate, noise floor per condition), ``shift``,
+    ``effects``, ``effects_secondary``, ``effects_direct``, ``sensitivity``, ``verdict_code``,
+    ``verdict_rule`` and ``verdict``."""
+    _check_inputs(scores, gaps, n_pairs)
+    comp = Comparison(scores, gaps, n_pairs, n_boot, seed)
+    summary, gates = _summaries(comp, blocked or {}, reliability_gate)
+    shift, stats = _shifts(comp, gates)
+    primary, secondary = _effects(comp, shift, stats, gates)
+    ft_s, ft_fallback = SHAMS["ft-zs"][1:]
     secondary_ft = ft_s if gates.get(ft_s, (False,))[0] else ft_fallback
-    secondary = {"icl": effect("base-icl", SHAMS["base-icl"][1]),
-                 "ft": effect("ft-zs", secondary_ft)}
-    secondary["icl_minus_ft"] = contrast(secondary["icl"], secondary["ft"])
-    direct = {"icl": {**dist("base-icl", icl_p), "sham": icl_p},
-              "ft": {**dist("ft-zs", ft_p), "sham": ft_p},
-              "icl_secondary": {**dist("base-icl", SHAMS["base-icl"][1]),
-                                "sham": SHAMS["base-icl"][1]},
-              "ft_secondary": {**dist("ft-zs", secondary_ft), "sham": secondary_ft},
-              "icl_vs_ft": {**dist("base-icl", "ft-zs"), "sham": None}}
-    return {"summary": summary, "shift": shift, "effects": primary,
-            "effects_secondary": secondary, "effects_direct": direct}
+    code, rule = decide(primary["icl_minus_ft"], secondary["icl_minus_ft"], margin)
+    replicated = max(len(v) for v in scores.values()) > 1
+    return {
+        "summary": summary, "shift": shift, "effects": primary,
+        "effects_secondary": secondary, "effects_direct": _direct(comp, gates, secondary_ft),
+        "sensitivity": _sensitivity(scores, gaps, gates, n_pairs, n_boot, seed, n_heads),
+        "verdict_code": code, "verdict_rule": rule,
+        "verdict": sentence(code, rule, primary["icl_minus_ft"], secondary["icl_minus_ft"],
+                            margin),
+        "verdict_rules": {k: {"code": v[0], "when": v[1]} for k, v in RULES.items()},
+        "equivalence_margin": margin,
+        "gates": {"gap_above": GAP_GATE, "reliability_at_least": reliability_gate},
+        "bootstrap": BOOTSTRAP_METHOD.format(
+            n_boot=n_boot, seeds="; seeds a random factor: t interval over pair-resampling plus "
+                                 "between-seed variance" if replicated else
+                                 " (conditional on the one seed of each condition)"),
+    }
+
+
+def condition_summary(x: torch.Tensor, gap: torch.Tensor, n_boot: int, seed: int,
+                      reliability_gate: float = RELIABILITY_GATE) -> dict:
+    """Gap, reliability and gate of one condition's per-pair scores ``[K, N]`` alone."""
+    comp = Comparison({"base-zs": [x]}, {"base-zs": [gap]}, max(3, x.shape[-1] // 2), n_boot,
+                      seed)
+    gap_i, rel = comp.gap("base-zs"), interval(comp.reliability("base-zs"))
+    passed, reason = gate(gap_i, rel, reliability_gate)
+    return {"gap": gap_i, "reliability": rel, "passes": passed, "reason": reason}
+
+
+def map_distance(x: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
+    """(1 - disattenuated correlation, reliability of ``x``) of two conditions' per-pair
+    scores ``[K, N]`` on the same N pairs (point estimates)."""
+    y = centred(torch.stack([torch.as_tensor(x), torch.as_tensor(z)]))
+    m = moments(y, torch.full((1, y.shape[-1]), 1.0 / y.shape[-1], dtype=torch.float64))
+    C, V = m.true_cov()[0], m.observed_cov()[0]
+    return float(1 - correlation(C, 0, 1)), float(reliability(C, V, 0))

@@ -35,7 +35,7 @@ OTHER_TASK = {"boolean": "relation", "relation": "boolean", "parity": "boolean",
               "expression": "code", "code": "expression"}
 LENGTH_TOLERANCE = 0.25        # shams' prompts within 25 % of base-icl's length
 GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must lie above this
-RELIABILITY_GATE = 0.2         # ... and its map's reliability interval above this
+RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
 EQUIVALENCE_MARGIN = 0.05
 DOSE_FRACTIONS = (0.25, 0.5, 1.0)
 

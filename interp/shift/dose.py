@@ -10,32 +10,33 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from interp.shift.compare import Bootstrap, Maps, distance
+from interp.shift.compare import map_distance
 from interp.shift.conditions import Condition
 from interp.shift.config import SHAMS, ShiftConfig
 from interp.shift.measure import flatten
 
 
 def dose_points(config: ShiftConfig, conditions: Sequence[Condition], scores: dict,
-                accuracy: dict, zs_correct: Sequence[bool], base: dict[str, Maps], shift: dict,
-                gates: dict, steps: dict[float, int], boot: Bootstrap) -> dict:
+                accuracy: dict, zs_correct: Sequence[bool], zs_scores: dict, shift: dict,
+                gates: dict, steps: dict[float, int]) -> dict:
     """``{"icl": [{shots, seed, shift, sham_corrected_shift, accuracy, accuracy_gain}],
-    "ft": [{step, fraction, seed, ...}]}``; ``zs_correct``: base-zs on the pattern queries."""
+    "ft": [{step, fraction, seed, ...}]}``; ``zs_correct``: base-zs on the pattern queries,
+    ``zs_scores``: base-zs's scores on the counterfactual pairs (the doses use the first n)."""
     zs = sum(zs_correct) / len(zs_correct)
     zs_ok = gates["base-zs"][0]
     fraction_of = {step: f for f, step in steps.items()}
     out = {"icl": [], "ft": []}
     for cond in conditions:
         s = scores[cond.key]["counterfactual"]
-        m = Maps(cond.name, [flatten(s)], [s["clean"] - s["corrupt"]], config.n_pairs, boot,
-                 config.n_splits, config.seed)
-        point = distance(m, base["base-zs"])[0] if zs_ok else None
+        n = config.n_pairs
+        point, rel = map_distance(flatten(s)[:, :n], flatten(zs_scores)[:, :n])
+        point = point if zs_ok else None
         method = "icl" if cond.name.startswith("icl@") else "ft"
         sham = SHAMS["base-icl" if method == "icl" else "ft-zs"][0]
         sham_shift = shift.get(sham, {}).get("estimate")
         acc = accuracy[cond.key]["pattern"]
         acc = sum(acc) / len(acc)
-        row = {"seed": cond.seed, "shift": _num(point), "reliability": m.rel[0],
+        row = {"seed": cond.seed, "shift": _num(point), "reliability": _num(rel),
                "sham_corrected_shift": (_num(point) - sham_shift
                                         if point is not None and sham_shift is not None
                                         and point == point else None),

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from interp.analysis.attribution import attribution_components
 from interp.analysis.metrics import logit_diff
 from interp.engine import chunks, encode, length_groups
+from interp.errors import DegenerateDataError
 from interp.evaluate import predict, score
 from interp.finetune.deltas import Delta, absolute
 from interp.models import LoadedModel
@@ -80,7 +81,25 @@ def pair_scores(runner: ConditionRunner, condition: Condition, pairs: PairSet
                 heads[..., idx] = out["heads"]
                 mlp[..., idx] = out["mlp"].sum(1)
                 clean_m[idx], corrupt_m[idx] = out["source"], out["target"]
+    check_spread(clean_m, pairs, condition.key)
     return {"heads": heads, "mlp": mlp, "clean": clean_m, "corrupt": corrupt_m}
+
+
+def check_spread(metric: torch.Tensor, pairs: PairSet, condition: str) -> None:
+    """A model that reads its input gives distinct prompts distinct metrics: if every group of
+    pairs with the same answer and foil tokens (and distinct clean prompts) has one metric value,
+    the model ignored its input (a broken engine, not a result) and the run stops."""
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(zip(pairs.answer_ids, pairs.foil_ids)):
+        groups.setdefault(key, []).append(i)
+    spreads = [float(metric[idx].max() - metric[idx].min()) for idx in groups.values()
+               if len({tuple(pairs.clean[i]) for i in idx}) > 1]
+    tol = 1e-6 * (1.0 + float(metric.abs().max())) if len(metric) else 0.0
+    if spreads and max(spreads) <= tol:
+        raise DegenerateDataError(
+            f"condition {condition}: every one of {len(metric)} distinct prompts gives the same "
+            f"clean metric ({float(metric[0]):.4g}): the model ignored its input; check the "
+            f"installed versions (make install)")
 
 
 def measure_all(runner: ConditionRunner, conditions: Sequence[Condition],

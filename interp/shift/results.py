@@ -14,19 +14,13 @@ from interp.files import read_json, write_csv, write_json
 from interp.models import LoadedModel
 from interp.report.shift import write_report
 from interp.results import Result
-from interp.shift.compare import BOOTSTRAP_METHOD, Bootstrap, Maps, compare, interval
+from interp.shift.compare import compare_scores, condition_summary
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
-from interp.shift.config import (
-    CONDITIONS,
-    GAP_GATE,
-    LENGTH_TOLERANCE,
-    RELIABILITY_GATE,
-    ShiftConfig,
-)
+from interp.shift.config import CONDITIONS, ShiftConfig
 from interp.shift.dose import dose_points
 from interp.shift.measure import flatten
-from interp.shift.verdict import RULES, decide, sentence
-from interp.stats import bootstrap_ci, mcnemar, split_half, wilson
+from interp.shift.reanalyse import blocked_by_length, comparison_inputs, merge
+from interp.stats import bootstrap_ci, mcnemar, wilson
 
 
 def _accuracy(keys: Sequence[str], acc: dict) -> dict:
@@ -48,15 +42,13 @@ def _score_map(scores: dict, keys: Sequence[str], kind: str, L: int, H: int) -> 
 
 def _separating(config: ShiftConfig, scores: dict, keys_of: dict, boot_seed: int) -> dict:
     """Per condition, on the strategy-separating pairs: the clean-corrupt gap (a model that
-    follows the shortcut shows none) and the map's reliability."""
+    follows the shortcut shows none) and the map's reliability (first replicate)."""
     out = {}
     for name, keys in keys_of.items():
-        x = [flatten(scores[k]["separating"]) for k in keys]
-        gaps = torch.cat([scores[k]["separating"]["clean"] - scores[k]["separating"]["corrupt"]
-                          for k in keys]).double()
-        boot = Bootstrap.draw(len(gaps), config.n_boot, 1, 1, boot_seed)
-        rel = float(sum(float(split_half(v, config.n_splits, config.seed)) for v in x) / len(x))
-        out[name] = {"gap": interval(gaps @ boot.a.T, float(gaps.mean())), "reliability": rel}
+        s = scores[keys[0]]["separating"]
+        summary = condition_summary(flatten(s), s["clean"] - s["corrupt"], config.n_boot,
+                                    boot_seed)
+        out[name] = {"gap": summary["gap"], "reliability": summary["reliability"]["estimate"]}
     return out
 
 
@@ -67,17 +59,11 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
     keys_of: dict[str, list[str]] = {}
     for c in conditions:
         keys_of.setdefault(c.name, []).append(c.key)
-    boot = Bootstrap.draw(n, config.n_boot, config.demo_seeds, config.ft_seeds, config.seed)
-    maps_m = {name: Maps(name, [flatten(scores[k]["counterfactual"]) for k in keys],
-                         [scores[k]["counterfactual"]["clean"] -
-                          scores[k]["counterfactual"]["corrupt"] for k in keys],
-                         n, boot, config.n_splits, config.seed)
-              for name, keys in keys_of.items()}
-    blocked = {c.name: f"prompt length {c.length_ratio:.2f} x base-icl's, outside the "
-                       f"{LENGTH_TOLERANCE:.0%} tolerance"
-               for c in conditions if c.length_ratio is not None
-               and abs(c.length_ratio - 1) > LENGTH_TOLERANCE}
-    comparison = compare(maps_m, boot, blocked)
+    x, gaps = comparison_inputs(scores, keys_of)
+    comparison = compare_scores(
+        x, gaps, n_pairs=n, n_boot=config.n_boot, seed=config.seed, margin=config.margin,
+        blocked=blocked_by_length({c.name: c.length_ratio for c in conditions}),
+        n_heads=model.n_layers * model.n_heads)
     L, H = model.n_layers, model.n_heads
     maps = {name: _score_map(scores, keys, "counterfactual", L, H)
             for name, keys in keys_of.items()}
@@ -89,7 +75,6 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
         info = ft_info["runs"].get(c.update.split("@")[0], {}) if c.update else {}
         cond_out[name] = {
             "accuracy": _accuracy(keys_of[name], acc),
-            **comparison["summary"][name],
             "mean_prompt_tokens": float(mean_tokens),
             "demo_ids": c.demo_ids if c.demos else None,
             "demo_ids_by_seed": {str(x.seed): x.demo_ids for x in conditions
@@ -101,27 +86,14 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
             "replicates": len(keys_of[name])}
     dist = {name: distances(maps["base-zs"], maps[name], config.ks)
             for name in CONDITIONS if name != "base-zs"}
-    primary, secondary = comparison["effects"]["icl_minus_ft"], \
-        comparison["effects_secondary"]["icl_minus_ft"]
-    code, rule = decide(primary, secondary, config.margin)
     gates = {name: (v["gate"]["passed"], v["gate"]["reason"])
              for name, v in comparison["summary"].items()}
     dose = dose_points(config, doses, dose_scores, dose_acc, acc["base-zs/0"]["pattern"],
-                       maps_m, comparison["shift"], gates, steps, boot)
-    seeds = (" and, first, the demonstration / fine-tuning seeds (hierarchical)"
-             if config.demo_seeds > 1 or config.ft_seeds > 1 else "")
-    return {
+                       scores[keys_of["base-zs"][0]]["counterfactual"], comparison["shift"],
+                       gates, steps)
+    return merge({
         "config": config.to_dict(), "model": model.describe(), "task": config.task,
         "n_pairs": n, "conditions": cond_out,
-        "shift": comparison["shift"], "effects": comparison["effects"],
-        "effects_secondary": comparison["effects_secondary"],
-        "effects_direct": comparison["effects_direct"],
-        "equivalence_margin": config.margin, "verdict_code": code, "verdict_rule": rule,
-        "verdict": sentence(code, rule, primary, secondary, config.margin),
-        "verdict_rules": {k: {"code": v[0], "when": v[1]} for k, v in RULES.items()},
-        "gates": {"gap_above": GAP_GATE, "reliability_above": RELIABILITY_GATE,
-                  "length_tolerance": LENGTH_TOLERANCE},
-        "bootstrap": BOOTSTRAP_METHOD.format(seeds=seeds, n_boot=config.n_boot),
         "distances": dist,
         "per_layer_shift": {"icl": layer_shift(maps["base-icl"], maps["base-zs"]).tolist(),
                             "ft": layer_shift(maps["ft-zs"], maps["base-zs"]).tolist()},
@@ -136,7 +108,7 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
                             for name, m in ((n_, _score_map(scores, k, "separating", L, H))
                                             for n_, k in keys_of.items())},
         "_maps": maps,
-    }
+    }, comparison)
 
 
 def _heads_ci(scores: dict, keys: Sequence[str], n: int, config: ShiftConfig) -> dict:

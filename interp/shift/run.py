@@ -22,8 +22,9 @@ import time
 
 import torch
 
-from interp.files import check_writable, now, write_provenance
+from interp.files import check_writable, now
 from interp.models import LoadedModel, load_model
+from interp.provenance import write_provenance
 from interp.shift import probes
 from interp.shift.causal import causal_tests
 from interp.shift.conditions import (
