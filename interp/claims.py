@@ -1,10 +1,19 @@
 """The pre-registered claims of the circuit-shift study, their predictions and how a verdict is
 read from an interval. Written before any run; never tuned to outcomes.
 
-Every claim predicts a positive value. Verdict from the 95 % interval, in this order:
-``holds`` (it lies above 0), ``contradicted`` (below 0), ``no_effect`` (inside +-margin),
+Every claim predicts a positive value; its margin is the smallest value that counts
+(minimal-effect semantics). Verdict from the 95 % interval, in this order: ``holds`` (it lies
+above +margin), ``contradicted`` (below -margin), ``positive_below_margin`` (above 0, not above
+the margin), ``negative_below_margin`` (the mirror), ``no_effect`` (inside +-margin),
 ``inconclusive`` (otherwise, or undefined: empty estimate, ``reason`` filled); ``moot`` for the
-necessity and sufficiency claims when ICL has no gain over base-zs to explain.
+necessity and sufficiency claims when ICL has no gain over base-zs to explain ("gain not
+established"). ``icl_shifts_more`` takes the run's own rule (:func:`interp.shift.verdict.decide`,
+which also asks the secondary contrast to agree), so the run and the table never disagree.
+
+Intervals over test queries treat seeds as a random factor: queries are resampled (shared by
+every seed) and, with several demonstration or fine-tuning seeds, the between-seed variance of
+the per-seed accuracies is added (t interval); with one seed an interval is conditional on it.
+The study corrects the verdicts for multiplicity (:func:`interp.study.summarise`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
+from interp.shift.compare import interval
+from interp.shift.estimator import mean_stat
+from interp.shift.verdict import decide, mdd
 from interp.stats import percentile_ci, resample_weights
 
 
@@ -48,6 +60,13 @@ BY_NAME = {c.name: c for c in CLAIMS}
 MIN_DOSE_POINTS = 8
 
 
+#: the claim verdict each run verdict code stands for (``icl_shifts_more``)
+VERDICT_OF_CODE = {"icl_more": "holds", "ft_more": "contradicted",
+                   "icl_positive_below_margin": "positive_below_margin",
+                   "ft_negative_below_margin": "negative_below_margin",
+                   "no_difference": "no_effect", "inconclusive": "inconclusive"}
+
+
 def verdict(claim: Claim, estimate: float | None, ci: list | None, moot: bool = False
             ) -> str:
     if moot:
@@ -55,28 +74,36 @@ def verdict(claim: Claim, estimate: float | None, ci: list | None, moot: bool = 
     if estimate is None or ci is None or any(v is None or v != v for v in ci):
         return "inconclusive"
     lo, hi = ci
-    if lo > 0:
+    m = claim.margin
+    if lo > m:
         return "holds"
-    if hi < 0:
+    if hi < -m:
         return "contradicted"
-    if -claim.margin <= lo and hi <= claim.margin:
+    if lo > 0:
+        return "positive_below_margin"
+    if hi < 0:
+        return "negative_below_margin"
+    if -m <= lo and hi <= m:
         return "no_effect"
     return "inconclusive"
 
 
-def _bootstrap(values: torch.Tensor, n_boot: int, seed: int) -> tuple[float, list[float]]:
-    w = resample_weights(values.shape[-1], n_boot, seed)
-    low, high = percentile_ci(values.double() @ w.T)
-    return float(values.double().mean()), [float(low), float(high)]
-
-
-def accuracy_difference(results: dict, qcond: str) -> torch.Tensor:
-    """Per test query: base-icl's correctness (mean over demonstration seeds) minus ft-zs's
-    (mean over fine-tuning seeds)."""
+def _per_seed(results: dict, condition: str, qcond: str) -> torch.Tensor:
     acc = results["per_query"]
-    icl = torch.tensor([acc[k][qcond] for k in acc if k.startswith("base-icl/")], dtype=torch.float)
-    ft = torch.tensor([acc[k][qcond] for k in acc if k.startswith("ft-zs/")], dtype=torch.float)
-    return icl.mean(0) - ft.mean(0)
+    return torch.tensor([acc[k][qcond] for k in sorted(acc) if k.split("/")[0] == condition],
+                        dtype=torch.float64)
+
+
+def accuracy_contrast(results: dict, n_boot: int, seed: int, qconds=("pattern",)) -> dict:
+    """base-icl's accuracy minus ft-zs's on the same test queries (the first query condition
+    minus the others), queries resampled, seeds a random factor."""
+    total = None
+    for i, qcond in enumerate(qconds):
+        icl, ft = _per_seed(results, "base-icl", qcond), _per_seed(results, "ft-zs", qcond)
+        w = resample_weights(icl.shape[-1], n_boot, seed + i)
+        stat = mean_stat(icl, w, "icl") - mean_stat(ft, w, "ft")
+        total = stat if total is None else total - stat
+    return interval(total)
 
 
 def partial_spearman(points: list[dict], n_boot: int, seed: int) -> tuple[float, list, int]:
@@ -122,46 +149,45 @@ def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: in
               "ft_seeds": cfg["ft_seeds"]}
     out = []
 
-    def add(name, estimate, ci, reason=None, moot=False):
+    def add(name, est: dict, moot=False, rule_verdict=None):
         claim = BY_NAME[name]
+        estimate, ci = est.get("estimate"), est.get("ci95")
         defined = estimate is not None and estimate == estimate and ci is not None
+        se = est.get("se") if defined else None
+        if defined and se is None:
+            se = (ci[1] - ci[0]) / (2 * 1.96)
         out.append({"claim": name, **{k: common[k] for k in ("task", "model")},
                     "prediction": claim.prediction, "margin": claim.margin,
                     "estimate": estimate if defined else None,
                     "ci_low": ci[0] if defined else None, "ci_high": ci[1] if defined else None,
-                    "verdict": verdict(claim, estimate if defined else None,
-                                       ci if defined else None, moot),
-                    "reason": None if defined and not moot else (reason or "undefined"),
+                    "se": se, "mdd": mdd({"se": se}) if se is not None else None,
+                    "verdict": rule_verdict or verdict(claim, estimate if defined else None,
+                                                       ci if defined else None, moot),
+                    "reason": None if defined and not moot else (est.get("reason")
+                                                                  or "undefined"),
                     **{k: common[k] for k in ("shots", "n_train", "steps", "n_pairs",
                                               "demo_seeds", "ft_seeds")}})
 
-    pattern = accuracy_difference(results, "pattern")
-    control = accuracy_difference(results, "control")
-    add("icl_beats_ft", *_bootstrap(pattern, n_boot, seed))
-    e = results["effects"]["icl_minus_ft"]
-    add("icl_shifts_more", e.get("estimate"), e.get("ci95"), e.get("reason"))
+    add("icl_beats_ft", accuracy_contrast(results, n_boot, seed))
+    e, sec = results["effects"]["icl_minus_ft"], results["effects_secondary"]["icl_minus_ft"]
+    code, _ = decide(e, sec, BY_NAME["icl_shifts_more"].margin)
+    add("icl_shifts_more", e, rule_verdict=VERDICT_OF_CODE[code])
     causal = results.get("causal") or {}
     for name, key in (("shift_necessary", "necessity_icl"), ("shift_sufficient",
                                                              "sufficiency_icl")):
         test = (causal.get(key) or {}).get("logit_diff")
         if test is None:
-            add(name, None, None, "causal tests not run")
+            add(name, {"reason": "causal tests not run"})
         else:
-            add(name, test.get("estimate"), test.get("ci95"), test.get("reason"),
-                moot=bool(test.get("moot")))
+            add(name, test, moot=bool(test.get("moot")))
     points = [{"method": "icl", "dose": p["shots"], **p} for p in
               results["dose_response"].get("icl", [])]
     points += [{"method": "ft", "dose": p["step"], **p} for p in
                results["dose_response"].get("ft", [])]
     rho, ci, n = partial_spearman(points, n_boot, seed)
-    add("shift_tracks_gain", rho, ci,
+    add("shift_tracks_gain", {"estimate": rho, "ci95": ci, "reason": (
         f"only {n} dose-response points with a defined shift (needs {MIN_DOSE_POINTS})"
-        if n < MIN_DOSE_POINTS else results["dose_response"].get("reason"))
-    pat, pat_ci = _bootstrap(pattern, n_boot, seed)
-    con, con_ci = _bootstrap(control, n_boot, seed + 1)
-    w_p, w_c = resample_weights(len(pattern), n_boot, seed), resample_weights(len(control),
-                                                                              n_boot, seed + 1)
-    diff = (pattern.double() @ w_p.T) - (control.double() @ w_c.T)
-    low, high = percentile_ci(diff)
-    add("advantage_pattern_specific", pat - con, [float(low), float(high)])
+        if n < MIN_DOSE_POINTS else results["dose_response"].get("reason"))})
+    add("advantage_pattern_specific",
+        accuracy_contrast(results, n_boot, seed, ("pattern", "control")))
     return out

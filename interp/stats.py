@@ -5,7 +5,6 @@ reliability.
 - :func:`bootstrap_means` / :func:`bootstrap_ci`: percentile intervals of means, resampling the
   last axis with multinomial weights (one matmul for a grid of any size);
 - :func:`mcnemar`: exact McNemar test of two classifiers scored on the same items;
-- :func:`spearman_brown`, :func:`split_half`: reliability of a mean map from its split halves;
 - :func:`pearson`: correlation over the last axis, batched.
 """
 
@@ -91,38 +90,3 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     den = (a.norm(dim=-1) * b.norm(dim=-1))
     r = (a * b).sum(-1) / den
     return torch.where(den > 0, r, torch.full_like(r, float("nan")))
-
-
-def spearman_brown(r: torch.Tensor | float) -> torch.Tensor | float:
-    """Reliability of a full-length mean from the correlation of its two halves."""
-    return 2 * r / (1 + r)
-
-
-def split_half(scores: torch.Tensor, n_splits: int = 20, seed: int = 0,
-               weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Split-half reliability of the mean map of per-unit ``scores`` ``[n_components, n_units]``:
-    per random split of the units into halves, the Pearson correlation of the two half-means
-    across components, stepped up by Spearman-Brown; averaged over ``n_splits`` splits.
-
-    ``weights`` ``[n_boot, n_units]`` (bootstrap resample counts) gives one reliability per
-    resample ``[n_boot]``: units drawn more than once stay in one half (splits are over unique
-    units, never a unit against its own copy). Units with weight 0 are left out."""
-    n = scores.shape[-1]
-    gen = torch.Generator().manual_seed(seed)
-    x = scores.double()
-    w = torch.ones(1, n, dtype=torch.float64) if weights is None else weights.double()
-    out = torch.zeros(w.shape[0], dtype=torch.float64)
-    for _ in range(n_splits):
-        half = torch.rand(w.shape[0], n, generator=gen).argsort(-1).argsort(-1)
-        # rank among present units decides the half: present units take turns
-        present = w > 0
-        rank = torch.where(present, half, torch.full_like(half, n)).argsort(-1).argsort(-1)
-        count = present.sum(-1, keepdim=True)
-        first = (rank < count // 2) & present
-        second = present & ~first
-        wa, wb = w * first, w * second
-        ma = (x @ wa.T) / wa.sum(-1).clamp_min(1e-12)       # [components, n_boot]
-        mb = (x @ wb.T) / wb.sum(-1).clamp_min(1e-12)
-        r = pearson(ma.T, mb.T)
-        out += spearman_brown(r)
-    return (out / n_splits).float()

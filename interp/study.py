@@ -29,8 +29,9 @@ from interp.shift.measure import ConditionRunner, flatten, pair_scores
 from interp.tasks import get_task
 
 CLAIM_COLUMNS = ["claim", "task", "model", "prediction", "margin", "estimate", "ci_low",
-                 "ci_high", "verdict", "reason", "shots", "n_train", "steps", "n_pairs",
-                 "demo_seeds", "ft_seeds"]
+                 "ci_high", "se", "mdd", "verdict", "p_holm", "reason", "shots", "n_train",
+                 "steps", "n_pairs", "demo_seeds", "ft_seeds"]
+ALPHA = 0.05
 
 
 
@@ -42,8 +43,8 @@ class StudyConfig:
     n_train: int = 64
     n_eval: int = 32
     n_pairs: int = 16
-    demo_seeds: int = 2
-    ft_seeds: int = 2
+    demo_seeds: int = 5
+    ft_seeds: int = 5
     n_boot: int = 500
     quick: bool = False
     preflight: bool = False
@@ -143,11 +144,12 @@ def run_study(config: StudyConfig) -> dict:
 
 
 def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], started: str):
-    claims = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+    summary = summarise(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
+    claims = pd.DataFrame(summary["claims"], columns=CLAIM_COLUMNS)
     write_csv(out / "claims.csv", claims)
-    summary = summarise(claims)
     write_csv(out / "claims_pooled.csv", pd.DataFrame(summary["pooled"]))
-    write_json(out / "study.json", {"config": asdict(config), "cells": cells, "claims": rows,
+    write_json(out / "study.json", {"config": asdict(config), "cells": cells,
+                                    "claims": summary["claims"],
                                     "holm": summary["holm"], "pooled": summary["pooled"],
                                     "claim_definitions": [asdict(c) for c in CLAIMS]})
     write_study_report(out, claims, summary, cells, config)
@@ -155,45 +157,107 @@ def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], 
 
 
 def _se(row) -> float | None:
-    if row["ci_low"] is None or row["ci_high"] is None or pd.isna(row["ci_low"]):
+    se = row.get("se")
+    if se is not None and se == se:
+        return max(float(se), 1e-9)
+    if row.get("ci_low") is None or row.get("ci_high") is None or pd.isna(row["ci_low"]):
         return None
     return max((row["ci_high"] - row["ci_low"]) / (2 * 1.96), 1e-9)
 
 
+def _normal_cdf(z: float) -> float:
+    return 0.5 * math.erfc(-z / math.sqrt(2))
+
+
+def minimal_effect_pvalues(row, margin: float) -> tuple[float, float] | None:
+    """One-sided p-values of the two minimal-effect nulls of a claim row: theta <= +margin
+    (against ``holds``) and theta >= -margin (against ``contradicted``), normal approximation
+    with the standard error of the row's resamples."""
+    se = _se(row)
+    if se is None or row.get("estimate") is None or pd.isna(row["estimate"]):
+        return None
+    est = float(row["estimate"])
+    return 1 - _normal_cdf((est - margin) / se), _normal_cdf((est + margin) / se)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given)."""
+    order = sorted(range(len(pvalues)), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(pvalues) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def apply_holm(rows: list[dict]) -> list[dict]:
+    """The study's multiplicity correction. The family: for every claim x cell row with a
+    defined estimate (moot rows excluded), both minimal-effect tests (holds, contradicted).
+    A ``holds`` or ``contradicted`` verdict stands only if its Holm-adjusted p-value is below
+    0.05; otherwise it becomes ``inconclusive`` with the reason. ``p_holm`` is the row's
+    adjusted p-value for the direction its estimate points to."""
+    tests = []
+    for i, row in enumerate(rows):
+        p = None if row["verdict"] == "moot" else minimal_effect_pvalues(row, row["margin"])
+        if p is not None:
+            tests += [(i, "holds", p[0]), (i, "contradicted", p[1])]
+    adjusted = holm([t[2] for t in tests])
+    out = [dict(r, p_holm=None) for r in rows]
+    for (i, direction, _), p_adj in zip(tests, adjusted):
+        row = out[i]
+        if (direction == "holds") == (row["estimate"] >= 0):
+            row["p_holm"] = p_adj
+        if row["verdict"] == direction and p_adj >= ALPHA:
+            row["verdict"] = "inconclusive"
+            row["reason"] = (f"{direction} by its interval, but not after Holm's correction "
+                             f"over {len(tests)} tests (p_holm = {p_adj:.3f})")
+    return out
+
+
+def pool(estimates: list[float], ses: list[float]) -> dict:
+    """Random-effects pooling across tasks: DerSimonian-Laird between-task variance and the
+    Hartung-Knapp-Sidik-Jonkman interval (t with k - 1 degrees of freedom)."""
+    from scipy.stats import t as student_t
+
+    est = torch.tensor(estimates, dtype=torch.float64)
+    se = torch.tensor(ses, dtype=torch.float64)
+    k = len(est)
+    w = 1 / se ** 2
+    mean_w = (w * est).sum() / w.sum()
+    q = float((w * (est - mean_w) ** 2).sum())
+    c = float(w.sum() - (w ** 2).sum() / w.sum())
+    tau2 = max(0.0, (q - (k - 1)) / c) if c > 0 else 0.0
+    w2 = 1 / (se ** 2 + tau2)
+    value = float((w2 * est).sum() / w2.sum())
+    q_hk = float((w2 * (est - value) ** 2).sum()) / (k - 1)
+    half = float(student_t.ppf(0.975, k - 1)) * math.sqrt(max(q_hk, 1e-300) / float(w2.sum()))
+    return {"estimate": value, "ci_low": value - half, "ci_high": value + half, "tau2": tau2}
+
+
 def summarise(claims: pd.DataFrame) -> dict:
-    """Holm-corrected p-values (normal approximation from each interval) per claim across cells,
-    and a DerSimonian-Laird random-effects pooled estimate per claim and model across tasks."""
-    holm, pooled = [], []
+    """Holm-adjusted p-values (see :func:`apply_holm`) and, per claim and model, a pooled
+    estimate across tasks (:func:`pool`) where there are at least 3 tasks; with fewer, the
+    per-task rows are the result."""
+    rows = apply_holm(claims.to_dict("records"))
+    holm_rows = [{"claim": r["claim"], "task": r["task"], "model": r["model"],
+                  "p_holm": r["p_holm"]} for r in rows if r["p_holm"] is not None]
+    pooled = []
+    frame = pd.DataFrame(rows, columns=CLAIM_COLUMNS)
     for name in BY_NAME:
-        part = claims[(claims.claim == name) & claims.estimate.notna()]
-        ps = []
-        for _, row in part.iterrows():
-            se = _se(row)
-            z = abs(row["estimate"]) / se if se else 0.0
-            ps.append((row["task"], row["model"], math.erfc(z / math.sqrt(2))))
-        order = sorted(range(len(ps)), key=lambda i: ps[i][2])
-        running = 0.0
-        for rank, i in enumerate(order):
-            running = max(running, min(1.0, (len(ps) - rank) * ps[i][2]))
-            holm.append({"claim": name, "task": ps[i][0], "model": ps[i][1], "p": ps[i][2],
-                         "p_holm": running})
+        part = frame[(frame.claim == name) & frame.estimate.notna()]
         for model, group in part.groupby("model"):
-            est = torch.tensor(group.estimate.tolist(), dtype=torch.float64)
-            se = torch.tensor([_se(r) for _, r in group.iterrows()], dtype=torch.float64)
-            w = 1 / se ** 2
-            mean_w = (w * est).sum() / w.sum()
-            q = float((w * (est - mean_w) ** 2).sum())
-            k = len(est)
-            c = float(w.sum() - (w ** 2).sum() / w.sum())
-            tau2 = max(0.0, (q - (k - 1)) / c) if k > 1 and c > 0 else 0.0
-            w2 = 1 / (se ** 2 + tau2)
-            value = float((w2 * est).sum() / w2.sum())
-            half = 1.96 * float((1 / w2.sum()) ** 0.5)
-            ci = [value - half, value + half]
-            pooled.append({"claim": name, "model": model, "tasks": k, "estimate": value,
-                           "ci_low": ci[0], "ci_high": ci[1], "tau2": tau2,
-                           "verdict": verdict(BY_NAME[name], value, ci)})
-    return {"holm": holm, "pooled": pooled}
+            k = len(group)
+            if k < 3:
+                pooled.append({"claim": name, "model": model, "tasks": k, "estimate": None,
+                               "ci_low": None, "ci_high": None, "tau2": None,
+                               "verdict": "inconclusive",
+                               "reason": f"{k} task(s): fewer than 3, per-task rows only"})
+                continue
+            p = pool(group.estimate.tolist(), [_se(r) for _, r in group.iterrows()])
+            pooled.append({"claim": name, "model": model, "tasks": k, **p, "reason": None,
+                           "verdict": verdict(BY_NAME[name], p["estimate"],
+                                              [p["ci_low"], p["ci_high"]])})
+    return {"holm": holm_rows, "pooled": pooled, "claims": rows}
 
 
 def load_study(out: str | Path) -> dict:

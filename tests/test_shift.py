@@ -14,9 +14,8 @@ import torch
 from interp.circuits import ScoreMap, disattenuated, distances, jaccard, overlap_pvalue, rbo, top_k
 from interp.errors import StaleResultsError
 from interp.shift import CONDITIONS, SHAMS, ShiftConfig, run_shift
-from interp.shift.compare import Bootstrap, Maps, compare, gate
+from interp.shift.compare import compare_scores, gate
 from interp.shift.verdict import RULES, decide
-from interp.stats import split_half
 
 ARTIFACTS = Path(os.environ.get("INTERP_ARTIFACTS", "runs/test-artifacts"))
 
@@ -41,26 +40,28 @@ def test_circuit_distance_hand_values():
     assert math.isnan(disattenuated(0.5, 0.0, 0.9))
 
 
-def test_split_half_reliability_known_answers():
+def test_reliability_known_answers():
+    from interp.shift.estimator import centred, moments, reliability
+
     gen = torch.Generator().manual_seed(0)
     signal = torch.randn(200, generator=gen) * 2
-    clean = split_half(_scores(signal, 40, 0.1, gen), n_splits=20)
-    noisy = split_half(_scores(signal * 0, 40, 1.0, gen), n_splits=20)
-    assert clean.item() > 0.99 and abs(noisy.item()) < 0.2
-    # duplicated units never sit in both halves: a resample of one unit has no reliability
-    x = _scores(signal, 10, 1.0, gen)
-    w = torch.zeros(1, 10, dtype=torch.float64)
-    w[0, 3] = 1.0
-    assert not torch.isfinite(split_half(x, 5, 0, w)).all()
+    for noise in (0.0, 0.1, 4.0, 8.0):
+        # true map variance ~4, the mean of 40 pairs adds noise^2 / 40: r = 4 / (4 + noise^2/40)
+        x = _scores(signal, 40, noise, gen)
+        m = moments(centred(x[None]), torch.full((1, 40), 1 / 40, dtype=torch.float64))
+        r = float(reliability(m.true_cov()[0], m.observed_cov()[0], 0))
+        assert r == pytest.approx(4 / (4 + noise ** 2 / 40), abs=0.05)
+    pure_noise = _scores(signal * 0, 40, 1.0, gen)
+    m = moments(centred(pure_noise[None]), torch.full((1, 40), 1 / 40, dtype=torch.float64))
+    assert abs(float(reliability(m.true_cov()[0], m.observed_cov()[0], 0))) < 0.3
 
 
-def _maps(spec: dict[str, torch.Tensor], n=24, noise=0.3, seed=0, gap=1.0):
+def _compare(spec: dict[str, torch.Tensor], n=24, noise=0.3, seed=0, gap=1.0, gaps=None):
+    """compare_scores on per-pair scores: each condition's map plus independent noise."""
     gen = torch.Generator().manual_seed(seed)
-    boot = Bootstrap.draw(n, 300, 1, 1, seed)
-    return {name: Maps(name, [torch.cat([_scores(sig, n, noise, gen), _scores(sig, n, noise,
-                                                                              gen)], 1)],
-                       [gap + 0.2 * torch.randn(2 * n, generator=gen)], n, boot, 20, seed)
-            for name, sig in spec.items()}, boot
+    scores = {name: [_scores(sig, 2 * n, noise, gen)] for name, sig in spec.items()}
+    gaps = gaps or {name: [gap + 0.2 * torch.randn(2 * n, generator=gen)] for name in spec}
+    return compare_scores(scores, gaps, n_pairs=n, n_boot=300, seed=seed)
 
 
 def test_identical_maps_plus_noise_give_zero_and_independent_maps_give_one():
@@ -69,8 +70,7 @@ def test_identical_maps_plus_noise_give_zero_and_independent_maps_give_one():
     other = torch.randn(150, generator=gen) * 2
     spec = {c: base for c in CONDITIONS}
     spec["base-icl"] = other                                  # ICL rewires completely
-    maps, boot = _maps(spec)
-    out = compare(maps, boot)
+    out = _compare(spec)
     assert abs(out["shift"]["ft-zs"]["estimate"]) < 0.05      # same map, only noise
     assert out["shift"]["base-icl"]["estimate"] == pytest.approx(1.0, abs=0.15)
     for name in CONDITIONS:                                   # the floor at n pairs is ~0
@@ -86,13 +86,23 @@ def test_identical_maps_plus_noise_give_zero_and_independent_maps_give_one():
     assert both["ci95"][0] > 0
 
 
+def test_the_same_scores_twice_give_a_shift_of_exactly_zero():
+    gen = torch.Generator().manual_seed(4)
+    x = _scores(torch.randn(150, generator=gen), 32, 1.0, gen)   # noisy: reliability ~0.9
+    g = 1.0 + 0.2 * torch.randn(32, generator=gen)
+    out = compare_scores({"base-zs": [x], "ft-random-delta": [x.clone()]},
+                         {"base-zs": [g], "ft-random-delta": [g]}, n_pairs=16, n_boot=200)
+    shift = out["shift"]["ft-random-delta"]
+    assert shift["estimate"] == pytest.approx(0.0, abs=1e-9)
+    assert shift["ci95"][0] <= 0 <= shift["ci95"][1]
+
+
 def test_a_map_with_no_reliability_is_refused_and_undefines_what_needs_it():
     gen = torch.Generator().manual_seed(2)
     base = torch.randn(150, generator=gen)
     spec = {c: base for c in CONDITIONS}
     spec["base-icl-other-task"] = base * 0                   # pure noise: reliability ~0
-    maps, boot = _maps(spec, noise=1.0)
-    out = compare(maps, boot)
+    out = _compare(spec, noise=1.0)
     assert not out["summary"]["base-icl-other-task"]["gate"]["passed"]
     assert "reliability" in out["summary"]["base-icl-other-task"]["gate"]["reason"]
     assert out["shift"]["base-icl-other-task"]["estimate"] is None
@@ -103,26 +113,45 @@ def test_a_map_with_no_reliability_is_refused_and_undefines_what_needs_it():
 def test_a_failing_base_zs_undefines_every_shift_but_not_the_direct_distances():
     gen = torch.Generator().manual_seed(3)
     base = torch.randn(150, generator=gen)
-    maps, boot = _maps({c: base for c in CONDITIONS})
-    maps["base-zs"].gap_a = [torch.full((24,), -0.5, dtype=torch.float64)]   # no behaviour
-    out = compare(maps, boot)
+    gaps = {c: [1.0 + 0.2 * torch.randn(48, generator=gen)] for c in CONDITIONS}
+    gaps["base-zs"] = [-0.5 + 0.1 * torch.randn(48, generator=gen)]   # no behaviour
+    out = _compare({c: base for c in CONDITIONS}, gaps=gaps)
     assert all(v["estimate"] is None and "base-zs" in v["reason"] for v in out["shift"].values())
     assert out["effects_direct"]["icl_vs_ft"]["estimate"] is not None
+
+
+def test_identical_gaps_on_every_pair_stop_the_comparison():
+    from interp.errors import DegenerateDataError
+
+    base = torch.randn(150, generator=torch.Generator().manual_seed(5))
+    gaps = {c: [torch.full((48,), 0.7)] for c in CONDITIONS}
+    with pytest.raises(DegenerateDataError, match="ignored its input"):
+        _compare({c: base for c in CONDITIONS}, gaps=gaps)
 
 
 def test_gate_thresholds():
     ok = {"estimate": 1.0, "ci95": [0.5, 1.5]}
     assert gate(ok, {"estimate": 0.9, "ci95": [0.8, 0.95]}) == (True, None)
     assert not gate({"estimate": 0.1, "ci95": [-0.1, 0.3]}, ok)[0]
-    assert not gate(ok, {"estimate": 0.4, "ci95": [0.1, 0.6]})[0]
+    assert not gate(ok, {"estimate": 0.69, "ci95": [0.6, 0.8]})[0]   # the 0.7 reliability gate
+    assert gate(ok, {"estimate": 0.7, "ci95": [0.5, 0.8]})[0]
 
 
 @pytest.mark.parametrize("primary,secondary,code,rule", [
     ({"estimate": None, "ci95": None, "reason": "gate"}, None, "inconclusive", "undefined"),
     ({"estimate": 0.3, "ci95": [0.1, 0.5]}, {"estimate": 0.2}, "icl_more", "icl_more"),
-    ({"estimate": 0.3, "ci95": [0.1, 0.5]}, {"estimate": -0.2}, "inconclusive", "otherwise"),
-    ({"estimate": 0.3, "ci95": [0.1, 0.5]}, {"estimate": None}, "icl_more", "icl_more"),
+    ({"estimate": 0.3, "ci95": [0.1, 0.5]}, {"estimate": -0.2}, "inconclusive",
+     "secondary_disagrees"),
+    ({"estimate": 0.3, "ci95": [0.1, 0.5]}, {"estimate": None}, "inconclusive",
+     "secondary_undefined"),
+    ({"estimate": 0.3, "ci95": [0.1, 0.5]}, None, "inconclusive", "secondary_undefined"),
     ({"estimate": -0.3, "ci95": [-0.5, -0.1]}, {"estimate": -0.1}, "ft_more", "ft_more"),
+    ({"estimate": 0.03, "ci95": [0.01, 0.045]}, {"estimate": 0.2}, "icl_positive_below_margin",
+     "icl_positive_below_margin"),
+    ({"estimate": 0.08, "ci95": [0.01, 0.15]}, {"estimate": 0.2}, "icl_positive_below_margin",
+     "icl_positive_below_margin"),
+    ({"estimate": -0.03, "ci95": [-0.045, -0.01]}, None, "ft_negative_below_margin",
+     "ft_negative_below_margin"),
     ({"estimate": 0.0, "ci95": [-0.03, 0.04]}, None, "no_difference", "equivalent"),
     ({"estimate": 0.0, "ci95": [-0.2, 0.2]}, None, "inconclusive", "otherwise"),
 ])

@@ -18,7 +18,8 @@ def add_parser(sub):
 
 
 COLUMNS = (("shift_coverage", "shift cov"), ("effect_coverage", "effect cov"),
-           ("contrast_coverage", "contrast cov"), ("shift_bias", "shift bias"),
+           ("contrast_coverage", "contrast cov"), ("contrast_defined", "defined"),
+           ("shift_bias", "shift bias"),
            ("contrast_bias", "contrast bias"), ("icl_more", "icl_more"), ("ft_more", "ft_more"),
            ("below_margin", "below margin"), ("no_difference", "no_difference"))
 
@@ -51,7 +52,7 @@ def run(args) -> int:
         raise ConfigError(f"no scenario {bad[0]}: choose from 0-{len(SCENARIOS) - 1}")
     out = check_writable(args.out) if args.out else None
     rows = calibrate([SCENARIOS[i] for i in picked], n_sims=args.sims, n_boot=args.n_boot,
-                     seed=args.seed)
+                     seed=args.seed, progress=not getattr(args, "quiet", False))
     for i, row in zip(picked, rows):
         row["number"] = i
     print(table(rows))

@@ -18,8 +18,8 @@ def add_parser(sub):
     p.add_argument("--n-train", type=positive(), default=64)
     p.add_argument("--n-eval", type=positive(), default=32)
     p.add_argument("--n-pairs", type=at_least(4), default=16)
-    p.add_argument("--demo-seeds", type=positive(), default=2)
-    p.add_argument("--ft-seeds", type=positive(), default=2)
+    p.add_argument("--demo-seeds", type=positive(), default=5)
+    p.add_argument("--ft-seeds", type=positive(), default=5)
     p.add_argument("--n-boot", type=positive(), default=500)
     p.add_argument("--preflight", action="store_true",
                    help="measure base-zs and base-icl gaps and reliabilities first and skip cells "

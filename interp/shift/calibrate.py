@@ -26,6 +26,7 @@ from interp.shift.config import CONDITIONS, EQUIVALENCE_MARGIN, FT_CONDITIONS, I
 from interp.shift.verdict import DIRECTIONAL
 
 N_HEADS, N_MLPS = 270, 30        # SmolLM2's 30 layers x 9 heads, and its MLPs
+REFERENCE_PAIRS = 32             # the default n = 16: 2n pairs per map
 BASE_SHIFT = 0.30                # planted shift of base-icl and ft-zs under the null
 SHAM_SHIFT = {"base-icl-other-task": 0.10, "base-icl-shuffled": 0.12, "ft-other-task": 0.10,
               "ft-shuffled": 0.12, "ft-random-delta": 0.02}
@@ -35,8 +36,8 @@ SHAM_SHIFT = {"base-icl-other-task": 0.10, "base-icl-shuffled": 0.12, "ft-other-
 class Scenario:
     name: str
     contrast: float = 0.0        # planted (icl effect) - (ft effect), primary and secondary
-    reliability: float = 0.9     # of each condition's 2n-pair map
-    n_pairs: int = 16            # n: each condition scores 2n pairs
+    reliability: float = 0.9     # of each condition's map at the default 2 x 16 pairs
+    n_pairs: int = 16            # n: each condition scores 2n pairs (same per-pair noise)
     shared: float = 0.6          # share of base-zs's per-pair error every pair shares
     seeds: int = 1
     seed_spread: float = 0.0     # between-seed SD of each ICL / FT condition's distance
@@ -50,17 +51,17 @@ class Scenario:
 
 M = EQUIVALENCE_MARGIN
 SCENARIOS = (
-    Scenario("null, shared errors, r=0.95"),
+    Scenario("null, shared errors, r=0.95", reliability=0.95),
     Scenario("null, shared errors, r=0.80", reliability=0.80),
     Scenario("null, shared errors, r=0.70", reliability=0.70),
     Scenario("null, independent errors, r=0.90", shared=0.0),
-    Scenario("null, shared errors, r=0.80, 64 pairs", reliability=0.80, n_pairs=64),
+    Scenario("null, shared errors, r=0.80, n=64", reliability=0.80, n_pairs=64),
     Scenario("null, 5 seeds, seed spread 0.03", seeds=5, seed_spread=0.03),
     Scenario("ICL more by 2x margin", contrast=2 * M),
     Scenario("FT more by 2x margin", contrast=-2 * M),
     Scenario("ICL more by 3x margin", contrast=3 * M),
-    Scenario("ICL more by 3x margin, r=0.80, 64 pairs", contrast=3 * M, reliability=0.80,
-             n_pairs=64),
+    Scenario("ICL more by 3x margin, n=32", contrast=3 * M, n_pairs=32),
+    Scenario("ICL more by 3x margin, n=64", contrast=3 * M, n_pairs=64),
     Scenario("ICL more by 3x margin, 5 seeds, spread 0.03", contrast=3 * M, seeds=5,
              seed_spread=0.03),
 )
@@ -94,9 +95,11 @@ def simulate_scores(s: Scenario, gen: torch.Generator) -> tuple[dict, dict]:
     K, N = N_HEADS + N_MLPS, 2 * s.n_pairs
     z = _unit(_heavy(gen, K))
     sd = 0.5 + z.abs() / z.abs().mean()                      # heteroscedastic noise shape
-    # noise level giving the reliability of an N-pair map: var_true / (var_true + noise / N)
+    # per-pair noise giving the reliability of a map of REFERENCE_PAIRS pairs:
+    # var_true / (var_true + noise / pairs)
     var_true = float(z.var())
-    level = math.sqrt(var_true * (1 / s.reliability - 1) * N / float((sd ** 2).mean()))
+    level = math.sqrt(var_true * (1 / s.reliability - 1) * REFERENCE_PAIRS
+                      / float((sd ** 2).mean()))
     eta = torch.randn(K, N, generator=gen, dtype=torch.float64)      # shared by every condition
     truths = s.truths()
     scores, gaps = {}, {}
@@ -143,6 +146,7 @@ def one_run(s: Scenario, seed: int, n_boot: int) -> dict:
         "reliability_excludes": [float(v["reliability"].get("excludes_estimate") or 0)
                                  for v in out["summary"].values()],
         "verdict": out["verdict_code"],
+        "defined": float(out["effects"]["icl_minus_ft"]["estimate"] is not None),
     }
 
 
@@ -170,6 +174,7 @@ def summarise(s: Scenario, runs: list[dict]) -> dict:
         "shift_coverage": _rate(flat("shift_cover")),
         "effect_coverage": _rate([x for r in runs for x in r["effect_cover"]]),
         "contrast_coverage": _rate([r["contrast_cover"] for r in runs]),
+        "contrast_defined": _rate([r["defined"] for r in runs]),
         "shift_bias": _mean(flat("shift_error")),
         "contrast_bias": _mean([r["contrast_error"] for r in runs]),
         "reliability_ci_excludes_point": _rate(flat("reliability_excludes")),

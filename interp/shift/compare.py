@@ -154,7 +154,8 @@ class Comparison:
         g = torch.stack([torch.as_tensor(v).double() for v in self.gaps[name]])   # [R, N]
         stat = Stat.of(family(name), g.mean(-1), (g @ self.w.T).T, g.mean(-1))
         out = interval(stat)
-        if self.N > 1 and out["ci95"] is not None and out["ci95"][0] == out["ci95"][1]:
+        width = None if out["ci95"] is None else out["ci95"][1] - out["ci95"][0]
+        if self.N > 1 and width is not None and width <= 1e-9 * (1 + abs(out["estimate"])):
             raise DegenerateDataError(
                 f"condition {name}: every pair gives the same clean-corrupt gap "
                 f"({out['estimate']:.4g}, an interval of width 0): the model ignored its input; "
@@ -225,6 +226,8 @@ def _effects(comp: Comparison, shift: dict, stats: dict, gates: dict) -> tuple[d
     """Primary and secondary effects (real condition's shift minus its sham's) and the
     icl - ft contrasts, with intervals."""
     def effect(real: str, sham: str | None) -> tuple[dict, Stat | None]:
+        if real not in shift:
+            return _undefined(f"{real} was not scored", sham=sham), None
         if sham is None or sham not in shift:
             return _undefined("no sham", sham=sham), None
         for c in (real, sham):
@@ -268,6 +271,8 @@ def _shifts(comp: Comparison, gates: dict) -> tuple[dict, dict]:
 
 def _direct(comp: Comparison, gates: dict, secondary_ft: str | None) -> dict:
     def dist(a: str, b: str | None) -> dict:
+        if a not in comp.index:
+            return _undefined(f"{a} was not scored", sham=b)
         if b is None or b not in comp.index:
             return _undefined("no sham", sham=b)
         for c in (a, b):

@@ -123,3 +123,10 @@ class Stat:
 
     def __sub__(self, other: Stat) -> Stat:
         return self._combine(other, -1.0)
+
+
+def mean_stat(values: torch.Tensor, w: torch.Tensor, family: str) -> Stat:
+    """The mean over units of per-seed values ``[R, Q]`` (e.g. correctness on Q queries), with
+    units resampled by ``w [B, Q]`` (shared by every seed)."""
+    v = values.double()
+    return Stat.of(family, v.mean(-1), (v @ w.T).T, v.mean(-1))
