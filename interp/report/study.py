@@ -9,6 +9,7 @@ from interp.files import write_text
 from interp.report.html import esc, num, page, table
 
 VERDICT_COLOURS = {"holds": "#1a7f37", "contradicted": "#b42318", "no_effect": "#6e7781",
+                   "positive_below_margin": "#57ab5a", "negative_below_margin": "#e5534b",
                    "inconclusive": "#9a6700", "moot": "#8250df"}
 
 
@@ -31,7 +32,7 @@ def _forest(claims, summary, definitions) -> object:
             colours.append(VERDICT_COLOURS.get(row["verdict"], "#000"))
         for model in dict.fromkeys(part.model):
             p = pooled.get((claim.name, model))
-            if p:
+            if p and p["estimate"] is not None:
                 labels.append(f"{model} / pooled")
                 xs.append(p["estimate"])
                 lo.append(p["estimate"] - p["ci_low"])
@@ -59,12 +60,15 @@ def write_study_report(out: Path, claims, summary: dict, cells: list[dict], conf
               else f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]")
         est = "&ndash;" if r["estimate"] is None or r["estimate"] != r["estimate"] \
             else f"{r['estimate']:.3f}"
+        mdd = r.get("mdd")
         rows.append([esc(r["claim"]), esc(r["model"]), esc(r["task"]), est, ci,
+                     num(None if mdd is None or mdd != mdd else mdd),
                      f"<b style='color:{colour}'>{esc(r['verdict'])}</b>",
                      num(holm.get((r["claim"], r["task"], r["model"]))),
                      esc(r["reason"] or "")])
-    pooled = [[esc(p["claim"]), esc(p["model"]), str(p["tasks"]), f"{p['estimate']:.3f}",
-               f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]", esc(p["verdict"])]
+    pooled = [[esc(p["claim"]), esc(p["model"]), str(p["tasks"]), num(p["estimate"]),
+               "&ndash;" if p["estimate"] is None else f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}]",
+               esc(p["verdict"]), esc(p.get("reason") or "")]
               for p in summary["pooled"]]
     links = []
     for cell in cells:
@@ -82,15 +86,18 @@ def write_study_report(out: Path, claims, summary: dict, cells: list[dict], conf
             f"{config.ft_seeds} fine-tuning seeds, {config.n_pairs} pairs per map, "
             f"{config.shots} shots, LoRA on {config.n_train} samples.</p>",
             "<h2>Claims (predictions fixed before any run)</h2>", definitions,
-            "<p class='note'>Verdict from the interval: holds (above 0), contradicted (below 0), "
-            "no_effect (inside the margin), inconclusive (otherwise or undefined), moot "
-            "(necessity/sufficiency without an ICL gain). p_holm: Holm-corrected over the cells "
-            "of each claim.</p>",
+            "<p class='note'>Verdict from the interval and the claim's margin (the smallest value "
+            "that counts): holds (above +margin), contradicted (below -margin), "
+            "positive/negative_below_margin (beyond 0 but not the margin), no_effect (inside "
+            "the margin), inconclusive (otherwise or undefined), moot (necessity/sufficiency "
+            "without an established ICL gain). holds and contradicted stand only if their "
+            "minimal-effect test survives Holm's correction over every claim x cell test of the "
+            "study (p_holm). MDD: minimum detectable difference at 80 % power.</p>",
             "<h2>Claims per model and task</h2>",
-            table(["claim", "model", "task", "estimate", "95% CI", "verdict", "p_holm",
+            table(["claim", "model", "task", "estimate", "95% CI", "MDD", "verdict", "p_holm",
                    "reason"], rows, "claims"),
-            "<h2>Pooled across tasks (random effects)</h2>",
-            table(["claim", "model", "tasks", "estimate", "95% CI", "verdict"], pooled,
+            "<h2>Pooled across tasks (random effects, Hartung-Knapp t interval; 3+ tasks)</h2>",
+            table(["claim", "model", "tasks", "estimate", "95% CI", "verdict", "reason"], pooled,
                   "pooled"),
             "<h2>Runs</h2><ul id='runs'>" + "".join(links) + "</ul>"]
     text = page("Circuit-shift study", body, [("Forest plot", _forest(claims, summary, CLAIMS))])

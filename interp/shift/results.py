@@ -14,23 +14,34 @@ from interp.files import read_json, write_csv, write_json
 from interp.models import LoadedModel
 from interp.report.shift import write_report
 from interp.results import Result
-from interp.shift.compare import compare_scores, condition_summary
+from interp.shift.compare import compare_scores, condition_summary, interval
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
 from interp.shift.config import CONDITIONS, ShiftConfig
 from interp.shift.dose import dose_points
+from interp.shift.estimator import mean_stat
 from interp.shift.measure import flatten
 from interp.shift.reanalyse import blocked_by_length, comparison_inputs, merge
-from interp.stats import bootstrap_ci, mcnemar, wilson
+from interp.stats import bootstrap_ci, mcnemar, resample_weights, wilson
 
 
-def _accuracy(keys: Sequence[str], acc: dict) -> dict:
+def _accuracy(keys: Sequence[str], acc: dict, n_boot: int, seed: int) -> dict:
+    """Accuracy per query condition: with one seed, the Wilson interval over its queries; with
+    several (the same queries), queries resampled and seeds a random factor (t interval)."""
     out = {}
     for qcond in ("pattern", "control"):
-        flags = [f for k in keys for f in acc[k][qcond]]
-        k, n = sum(flags), len(flags)
-        lo, hi = wilson(k, n)
-        out[qcond] = {"estimate": k / n if n else None, "ci95": [lo, hi], "n": n,
-                      "by_seed": [sum(acc[key][qcond]) / len(acc[key][qcond]) for key in keys]}
+        flags = [acc[k][qcond] for k in keys]
+        n = len(flags[0])
+        by_seed = [sum(f) / len(f) for f in flags]
+        if len(keys) == 1 or not n:
+            k = sum(flags[0])
+            ci, how = list(wilson(k, n)), "Wilson over queries"
+        else:
+            w = resample_weights(n, n_boot, seed)
+            ci = interval(mean_stat(torch.tensor(flags, dtype=torch.float64), w, "seeds"))["ci95"]
+            ci, how = [max(0.0, ci[0]), min(1.0, ci[1])], ("queries resampled, seeds a random "
+                                                            "factor (t)")
+        out[qcond] = {"estimate": sum(by_seed) / len(by_seed) if n else None, "ci95": ci,
+                      "n": n, "seeds": len(keys), "interval": how, "by_seed": by_seed}
     return out
 
 
@@ -74,7 +85,7 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
         _, mean_tokens = prompt_tokens(model, config, c, pair_sets["counterfactual"])
         info = ft_info["runs"].get(c.update.split("@")[0], {}) if c.update else {}
         cond_out[name] = {
-            "accuracy": _accuracy(keys_of[name], acc),
+            "accuracy": _accuracy(keys_of[name], acc, config.n_boot, config.seed),
             "mean_prompt_tokens": float(mean_tokens),
             "demo_ids": c.demo_ids if c.demos else None,
             "demo_ids_by_seed": {str(x.seed): x.demo_ids for x in conditions
