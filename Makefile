@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock test-latest browser demo test lint bench clean
+.PHONY: install lock test-latest browser demo test lint bench calibrate clean
 
 install: $(STAMP)
 
@@ -64,9 +64,14 @@ test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q --timeout 900
 
 bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_engine_check.py
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_patching.py
 	$(BIN)/python benchmarks/bench_finetune.py
+
+# the comparison on planted truths: coverage, bias and verdict rates (the README's table)
+calibrate: $(STAMP)
+	$(BIN)/interp --quiet calibrate --sims 200 --out runs/calibration
 
 clean:
 	rm -rf $(VENV) .venv-latest runs .pytest_cache

@@ -16,7 +16,9 @@ import traceback
 from importlib import import_module
 
 from interp.errors import InterpError
+from interp.locks import release_outputs
 from interp.options import add_common
+from interp.provenance import lock_status
 from interp.version import __version__
 
 COMMANDS = ("data", "eval", "finetune", "patch", "gaps", "shift", "compare", "study", "align",
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet:
         os.environ["TQDM_DISABLE"] = "1"
     try:
+        lock_status()   # versions that differ from the lock are said before any work, once
         return import_module(f"interp.commands.{args.command}").run(args)
     except InterpError as exc:
         print(f"interp: error: {exc}", file=sys.stderr)
@@ -68,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interp: unexpected {type(exc).__name__}: {first} (rerun with --debug for the "
               "traceback; finished stages are kept)", file=sys.stderr)
         return 1
+    finally:
+        release_outputs()
 
 
 if __name__ == "__main__":

@@ -20,8 +20,24 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from interp.arch import layers as decoder_layers
-from interp.errors import EngineCheckError
+from interp.errors import ContextLengthError, EngineCheckError
 from interp.models import LoadedModel
+
+
+def context_length(model: LoadedModel) -> int | None:
+    """The longest sequence the model was built for (None when its config does not say)."""
+    n = getattr(model.hf.config, "max_position_embeddings", None)
+    return int(n) if n else None
+
+
+def check_length(model: LoadedModel, n_tokens: int, what: str = "a prompt") -> None:
+    """Inputs that do not fit are refused, never cut: one line naming the length and the
+    limit."""
+    limit = context_length(model)
+    if limit is not None and n_tokens > limit:
+        raise ContextLengthError(
+            f"{what} has {n_tokens} tokens (with its demonstrations), more than the model's "
+            f"context of {limit}; use fewer shots or shorter inputs")
 
 
 def encode(tokenizer, text: str, first: bool) -> list[int]:
@@ -84,6 +100,7 @@ def prefix_cache(model: LoadedModel, tokens: torch.Tensor):
     once (and remembered while the weights stay the same) and copied to every row; the rest
     runs for all rows together."""
     check_engine(model)
+    check_length(model, tokens.shape[1])
     B, P = tokens.shape
     shared = common_prefix(tokens)
     if shared == 0:
@@ -233,6 +250,7 @@ def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = 
     ``last_only``: logits ``[batch, 1, vocab]`` of the last position only. Gradients flow when
     enabled by the caller."""
     check_engine(model)
+    check_length(model, ids.shape[1] + (past.get_seq_length() if past is not None else 0))
     hook_ctx = model.bridge.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
     with hook_ctx, _skipping(model.hf, first_layer, resid):
         out = model.hf(input_ids=ids, past_key_values=past, use_cache=past is not None,
@@ -290,6 +308,7 @@ class PrefixRunner:
         device = self.model.device
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
+        check_length(self.model, self.P + width)
         ids = torch.full((len(suffixes), width), self.pad_id, dtype=torch.long, device=device)
         for i, s in enumerate(suffixes):
             ids[i, : len(s)] = torch.tensor(s, device=device)

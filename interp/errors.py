@@ -40,3 +40,11 @@ class EngineCheckError(InterpError):
 
 class DegenerateDataError(InterpError):
     """Measurements that cannot come from a model reading its input (no spread across pairs)."""
+
+
+class DiskFullError(InterpError):
+    """The disk filled up while a result was written (no partial file is left under its name)."""
+
+
+class ContextLengthError(InterpError):
+    """An input is longer than the model's context window (it is refused, never cut)."""

@@ -11,17 +11,20 @@ it, so a reader sees the old file or the new one, never half of one. JSON is str
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ConfigError, StaleResultsError
+from interp.errors import ConfigError, DiskFullError, StaleResultsError
+from interp.locks import hold_output
 
 
 def _umask() -> int:
@@ -43,11 +46,36 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _fsync(tmp)
         os.chmod(tmp, _MODE)
         os.replace(tmp, path)
+    except Exception as exc:  # noqa: BLE001 - any writer (json, torch, safetensors) may be full
+        if _no_space(exc, path.parent):
+            raise DiskFullError(f"no space left on {path.parent} while writing {path.name}"
+                                ) from exc
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _no_space(exc: BaseException, directory: Path) -> bool:
+    """Whether a failed write ran out of disk: ENOSPC, or a library error (torch, safetensors)
+    raised while the file system has (almost) nothing left."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    try:
+        return shutil.disk_usage(directory).free < 16 * 2 ** 20
+    except OSError:
+        return False
 
 
 def write_text(path: str | Path, text: str) -> Path:
@@ -148,8 +176,9 @@ def check_settings(path: Path, stored: dict | None, settings: dict, force: bool 
                             "--force to recompute, or use another --out")
 
 
-def check_writable(out: str | Path) -> Path:
-    """Fail early (one line) when ``out`` cannot be an output directory."""
+def check_writable(out: str | Path, lock: bool = True) -> Path:
+    """Fail early (one line) when ``out`` cannot be an output directory; with ``lock``, take it
+    for this process (one writer per directory, :func:`interp.locks.hold_output`)."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -159,6 +188,8 @@ def check_writable(out: str | Path) -> Path:
         probe.close()
     except OSError as exc:
         raise ConfigError(f"--out {out} is not writable ({exc.strerror or exc})") from exc
+    if lock:
+        hold_output(out)
     return out
 
 

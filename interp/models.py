@@ -15,6 +15,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +262,8 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
         raise ModelSpecError(
             f"unknown model spec {spec!r}: use one of {', '.join(SPEC_NAMES)}, a local model "
             "directory, a .gguf file, or a Hugging Face id (org/name)")
+    if source is not None:
+        _check_model_dir(source)
     hf, tok = _load_hf(str(source) if source else spec, torch_dtype, attn_implementation,
                        trust_remote_code)
     hf.to(device)
@@ -289,6 +292,44 @@ def _embedded_cached(name: str) -> bool:
 def _looks_like_hub_id(spec: str) -> bool:
     parts = spec.split("/")
     return len(parts) == 2 and all(p and not p.startswith(".") for p in parts)
+
+
+def _check_model_dir(source: Path) -> None:
+    """Before loading: a supported model type, and weight files that are whole (a damaged or
+    truncated file is named)."""
+    import json
+
+    from interp.arch import SUPPORTED
+
+    try:
+        config = json.loads((source / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelSpecError(f"{source / 'config.json'} cannot be read ({exc})") from None
+    kind = config.get("model_type")
+    if kind not in SUPPORTED:
+        raise ModelSpecError(f"{source}: model type {kind!r} is not supported; supported: "
+                             f"{', '.join(SUPPORTED)}")
+    for weights in sorted(source.glob("*.safetensors")):
+        _check_safetensors(weights)
+
+
+def _check_safetensors(path: Path) -> None:
+    """A safetensors file's header and size agree (a truncated file does not)."""
+    import json
+    import struct
+
+    try:
+        with open(path, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+        ok = path.stat().st_size >= 8 + n + end
+    except (OSError, ValueError, struct.error, KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise ModelSpecError(f"{path} is damaged or truncated; delete it (and its directory if "
+                             f"it is a cache entry) and load again")
 
 
 def _load_hf(source: str, dtype, attn_implementation: str, trust_remote_code: bool):
@@ -352,11 +393,17 @@ def _cached_gguf(path: Path, architecture: str | None = None) -> Path:
     target = gguf_cache_path(path)
     if (target / "config.json").is_file():
         return target
+    writable_cache(target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
-                                              dtype=torch.float32)
+    try:
+        tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                  dtype=torch.float32)
+    except Exception as exc:  # noqa: BLE001 - the gguf reader raises many kinds on bad files
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelSpecError(f"{path} cannot be read as a GGUF model (damaged, truncated or "
+                             f"unsupported: {first})") from None
     # The GGUF quantizer marks the model unserialisable; its weights are plain fp32 by now.
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
@@ -371,6 +418,7 @@ def _cached_tiny(seed: int) -> Path:
     target = cache_dir() / f"{TINY_MODEL}-seed{seed}"
     if (target / "config.json").is_file():
         return target
+    writable_cache(target)
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(embedded_dir(DEFAULT_MODEL))
@@ -381,6 +429,25 @@ def _cached_tiny(seed: int) -> Path:
         hf = LlamaForCausalLM(config)
     _save_atomically(target, hf, tok)
     return target
+
+
+def writable_cache(target: Path) -> None:
+    """Before minutes of dequantising: the cache must be a writable directory (one line
+    otherwise), and temporary directories that interrupted saves of ``target`` left behind
+    (older than 10 minutes: no save still running) are removed."""
+    root = target.parent
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as exc:
+        raise ConfigError(f"model cache {root} is not a writable directory "
+                          f"({exc.strerror or exc}); set INTERP_CACHE to one that is") from exc
+    for leftover in root.glob(f".{target.name}-*"):
+        try:
+            if leftover.is_dir() and time.time() - leftover.stat().st_mtime > 600:
+                shutil.rmtree(leftover, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _save_atomically(target: Path, hf, tok) -> None:

@@ -36,12 +36,27 @@ def _number(text: str, kind):
         raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
 
 
+#: the largest count any option takes: a larger request would not fit this machine's memory
+MAX_COUNT = 1_000_000
+
+
+def _too_large(value, kind) -> bool:
+    return kind is int and value > MAX_COUNT
+
+
+def _max_message(text: str) -> str:
+    return (f"must be at most {MAX_COUNT:,} (a larger request would not fit in memory), "
+            f"got {text}")
+
+
 def at_least(minimum: float, kind=int):
     """An argparse type: a number >= ``minimum`` (impossible values are refused, not coerced)."""
     def parse(text: str):
         value = _number(text, kind)
         if value != value or value < minimum:   # NaN or too small
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
+        if _too_large(value, kind):
+            raise argparse.ArgumentTypeError(_max_message(text))
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -53,6 +68,8 @@ def positive(kind=int):
         value = _number(text, kind)
         if value != value or value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if _too_large(value, kind):
+            raise argparse.ArgumentTypeError(_max_message(text))
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from interp.files import write_text
+
 
 def heatmap(values: torch.Tensor, title: str = "", x_title: str = "head", y_title: str = "layer",
             x_labels: Sequence | None = None, y_labels: Sequence | None = None,
@@ -31,13 +33,10 @@ def heatmap(values: torch.Tensor, title: str = "", x_title: str = "head", y_titl
 
 def write_page(path: str | Path, title: str, figures: Sequence, intro: str = "") -> Path:
     """One standalone HTML page holding ``figures`` (plotly.js inlined once)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
              "</title><style>body{font-family:sans-serif;margin:24px;max-width:1200px}</style>"
              f"</head><body><h1>{html.escape(title)}</h1>{intro}"]
     for i, fig in enumerate(figures):
         parts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0)))
     parts.append("</body></html>")
-    path.write_text("\n".join(parts))
-    return path
+    return write_text(path, "\n".join(parts))   # atomic: never a partial page under its name

@@ -19,6 +19,7 @@ import torch
 from interp.claims import BY_NAME, CLAIMS, claim_rows, verdict
 from interp.errors import ConfigError, InterpError
 from interp.files import check_writable, now, read_json, write_csv, write_json
+from interp.locks import release_outputs
 from interp.models import load_model
 from interp.provenance import write_provenance
 from interp.report.study import write_study_report
@@ -111,6 +112,15 @@ def skipped_rows(config: ShiftConfig, model: str, task: str, reason: str) -> lis
 
 
 def run_study(config: StudyConfig) -> dict:
+    """Every cell (resumable), the claims table and the report; the output directory is this
+    study's alone while it runs."""
+    try:
+        return _run_cells(config)
+    finally:
+        release_outputs(config.out)
+
+
+def _run_cells(config: StudyConfig) -> dict:
     out = check_writable(config.out)
     started = now()
     rows, cells = [], []
@@ -148,7 +158,9 @@ def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], 
     claims = pd.DataFrame(summary["claims"], columns=CLAIM_COLUMNS)
     write_csv(out / "claims.csv", claims)
     write_csv(out / "claims_pooled.csv", pd.DataFrame(summary["pooled"]))
+    total = len(config.models) * len(config.tasks)
     write_json(out / "study.json", {"config": asdict(config), "cells": cells,
+                                    "complete": len(cells) == total, "cells_total": total,
                                     "claims": summary["claims"],
                                     "holm": summary["holm"], "pooled": summary["pooled"],
                                     "claim_definitions": [asdict(c) for c in CLAIMS]})

@@ -22,8 +22,6 @@ adapters, not merged models.
 
 from __future__ import annotations
 
-import json
-import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -34,6 +32,8 @@ from tqdm.auto import tqdm
 
 from interp.errors import ConfigError, MissingDependencyError
 from interp.files import fingerprint, read_json, write_csv, write_json
+from interp.locks import try_lock
+from interp.options import MAX_COUNT
 
 SECTIONS = {"name", "models", "tasks", "seeds", "eval", "finetune", "shift", "out"}
 EVAL_KEYS = {"shots", "n", "batch_size"}
@@ -43,7 +43,6 @@ SHIFT_KEYS = {"shots", "n_train", "n_pairs", "n_eval", "ft_method", "n_boot", "e
 _TYPES = {"n": int, "batch_size": int, "n_eval": int, "epochs": int, "lr": float, "method": str,
           "n_pairs": int, "n_boot": int, "ft_method": str, "quick": bool, "demo_seeds": int,
           "ft_seeds": int, "causal": bool, "probes": bool, "shots": int, "n_train": int}
-LOCK_TIMEOUT = 24 * 3600
 
 
 @dataclass
@@ -77,16 +76,28 @@ def _section(raw: dict, name: str, keys: set) -> dict | None:
                           f"(allowed: {', '.join(sorted(keys))})")
     for key, value in section.items():
         kind = _TYPES.get(key)
-        if kind is None or isinstance(value, list):
+        if kind is None:
             continue
-        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            ok = True
-        if not ok:
-            raise ConfigError(f"'{name}.{key}' must be a {kind.__name__}, got {value!r}")
-        if kind in (int, float) and value <= 0:
-            raise ConfigError(f"'{name}.{key}' must be positive, got {value!r}")
+        items = enumerate(value) if isinstance(value, list) else [(None, value)]
+        for i, item in items:
+            _check_value(f"{name}.{key}" + ("" if i is None else f"[{i}]"), item, kind,
+                         0 if key == "shots" else 1)
     return dict(section)
+
+
+def _check_value(field_name: str, value, kind, minimum: int = 1) -> None:
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        raise ConfigError(f"{field_name}: must be a {kind.__name__}, got {value!r}")
+    if kind is int and value < minimum:
+        raise ConfigError(f"{field_name}: must be >= {minimum}, got {value!r}")
+    if kind is float and value <= 0:
+        raise ConfigError(f"{field_name}: must be > 0, got {value!r}")
+    if kind is int and value > MAX_COUNT:
+        raise ConfigError(f"{field_name}: must be at most {MAX_COUNT:,} (a larger request would "
+                          f"not fit in memory), got {value!r}")
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -123,9 +134,24 @@ def load_sweep(path: str | Path) -> Sweep:
         ft["n_train"] = _list(ft.get("n_train", [256]), "finetune.n_train", int)
         if ft.setdefault("method", "lora") not in ("lora", "full"):
             raise ConfigError("finetune.method must be lora or full")
-    return Sweep(name=str(raw.get("name", path.stem)), models=_list(raw["models"], "models"),
-                 tasks=tasks, seeds=_list(raw.get("seeds", [0]), "seeds", int), eval=ev,
-                 finetune=ft, shift=_section(raw, "shift", SHIFT_KEYS), out=raw.get("out"))
+    sweep = Sweep(name=str(raw.get("name", path.stem)), models=_list(raw["models"], "models"),
+                  tasks=tasks, seeds=_list(raw.get("seeds", [0]), "seeds", int), eval=ev,
+                  finetune=ft, shift=_section(raw, "shift", SHIFT_KEYS), out=raw.get("out"))
+    _check_shift(sweep)
+    return sweep
+
+
+def _check_shift(sweep: Sweep) -> None:
+    """The whole shift section, validated for every task before the first cell runs."""
+    if sweep.shift is None:
+        return
+    from interp.shift.config import ShiftConfig
+
+    for task in sweep.tasks:
+        try:
+            ShiftConfig(model=sweep.models[0], task=task, progress=False, **sweep.shift)
+        except ConfigError as exc:
+            raise ConfigError(f"shift: {exc}") from None
 
 
 @dataclass
@@ -237,30 +263,8 @@ def run_cell(cell: Cell, sweep: Sweep, out: Path, models: dict, device: str | No
 
 
 def _lock(path: Path) -> bool:
-    """Take the cell's lock (a file created exclusively); False when another worker holds a
-    fresh one. A lock older than a day, or of a dead process on this host, is taken over."""
-    info = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
-    for _ in range(2):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            held = read_json(path) or {}
-            stale = time.time() - held.get("time", 0) > LOCK_TIMEOUT
-            if held.get("host") == info["host"] and held.get("pid"):
-                try:
-                    os.kill(held["pid"], 0)
-                except ProcessLookupError:
-                    stale = True
-                except PermissionError:
-                    pass
-            if not stale:
-                return False
-            path.unlink(missing_ok=True)
-            continue
-        with os.fdopen(fd, "w") as fh:
-            json.dump(info, fh)
-        return True
-    return False
+    """Take the cell's lock; False when another worker holds a live one."""
+    return try_lock(path, "sweep cell") is None
 
 
 def run_sweep(sweep: Sweep, out: str | Path | None = None, device: str | None = None,

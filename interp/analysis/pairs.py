@@ -22,7 +22,7 @@ from interp.analysis.components import kind as component_kind
 from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import activation_patch, run_metric
 from interp.analysis.results import PatchResult
-from interp.engine import length_groups
+from interp.engine import check_length, length_groups
 from interp.errors import ConfigError, TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt
@@ -96,8 +96,14 @@ def read_pairs(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"no such pairs file: {path}")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte {exc.start})") from None
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -116,6 +122,8 @@ def tokenize_pairs(model: LoadedModel, pairs: Sequence[dict]) -> list[dict]:
     out = []
     for i, p in enumerate(pairs):
         check_pair(p, f"pair {i}")
+        for side in ("clean", "corrupt"):   # to_tokens would cut a long prompt silently
+            check_length(model, len(tok(p[side]).input_ids) + 1, f"pair {i}'s {side} prompt")
         clean, corrupt = bridge.to_tokens(p["clean"])[0], bridge.to_tokens(p["corrupt"])[0]
         if clean.shape != corrupt.shape:
             raise ConfigError(f"pair {i}: clean and corrupt tokenise to {clean.shape[0]} and "

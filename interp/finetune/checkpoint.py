@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from interp.arch import layers as decoder_layers
-from interp.errors import StaleResultsError
+from interp.errors import StaleResultsError, TrainingError
 from interp.files import read_json, save_tensors, write_json
 
 
@@ -133,8 +133,14 @@ class Parallel:
             raise StaleResultsError(f"{path} holds a checkpoint of a run with other settings or "
                                     "data; rerun with --force to start over, or use another "
                                     "--out")
-        state = torch.load(path / "state.pt", weights_only=True)
-        self.load(net, optimizer, load_file(path / "trainable.safetensors"), state["optimizer"])
+        try:
+            state = torch.load(path / "state.pt", weights_only=True)
+            weights = load_file(path / "trainable.safetensors")
+        except Exception as exc:  # noqa: BLE001 - torch and safetensors raise many kinds
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise TrainingError(f"the checkpoint {path} is damaged ({first}); delete that "
+                                f"directory to train again from step 0") from None
+        self.load(net, optimizer, weights, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"], state.get("cuda_rng"))
         return int(progress["step"])

@@ -34,9 +34,9 @@ READING = [
     ("ft-random-delta", "A random update with the fine-tuned model's per-matrix norms: the pure "
      "effect of moving the weights that far; always defined."),
     ("gates", "Conditions without a measurable behaviour (gap interval not above 0) or without a "
-     "reliable map (reliability interval not above 0.2) have no circuit to compare."),
-    ("noise floor", "Two disjoint sets of n pairs of the same condition: the distance that noise "
-     "alone produces at this sample size."),
+     "reliable map (reliability below 0.7) have no circuit to compare."),
+    ("noise floor", "The same estimator between two disjoint sets of n pairs of one condition: "
+     "the null band of a shift at this sample size."),
 ]
 
 
@@ -66,6 +66,10 @@ def _effects_table(results: dict) -> str:
             rows.append([esc(f"{label}: {arm}"), with_ci(e), esc(e.get("sham") or "")])
     for arm, e in results["effects_direct"].items():
         rows.append([esc(f"direct: {arm}"), with_ci(e), esc(e.get("sham") or "")])
+    for label, v in (results.get("sensitivity") or {}).items():   # outside the verdict
+        e = v["icl_minus_ft"]
+        rows.append([esc(f"sensitivity ({label}): icl_minus_ft"), with_ci(e),
+                     esc(e.get("sham") or "")])
     return table(["effect", "estimate [95% CI]", "sham"], rows, "effects")
 
 

@@ -81,7 +81,11 @@ def write_study_report(out: Path, claims, summary: dict, cells: list[dict], conf
     definitions = table(["claim", "prediction", "margin", "what it measures"],
                         [[esc(c.name), esc(c.prediction), f"{c.margin:g}", esc(c.measures)]
                          for c in CLAIMS], "definitions")
-    body = [f"<h1>Circuit-shift study: {esc(', '.join(config.models))}</h1>",
+    total = len(config.models) * len(config.tasks)
+    partial = ([f"<p class='bad' id='partial'>Partial: {len(cells)} of {total} cells so far "
+                "(the study was interrupted or is still running; the same command resumes)."
+                "</p>"] if len(cells) < total else [])
+    body = [f"<h1>Circuit-shift study: {esc(', '.join(config.models))}</h1>", *partial,
             f"<p>Tasks: {esc(', '.join(config.tasks))}; {config.demo_seeds} demonstration sets, "
             f"{config.ft_seeds} fine-tuning seeds, {config.n_pairs} pairs per map, "
             f"{config.shots} shots, LoRA on {config.n_train} samples.</p>",

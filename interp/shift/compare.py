@@ -55,7 +55,7 @@ from interp.shift.estimator import (
     reliability,
 )
 from interp.shift.verdict import RULES, decide, sentence
-from interp.stats import resample_weights
+from interp.stats import pearson, resample_weights
 
 BOOTSTRAP_METHOD = ("pairs resampled with replacement, one resample shared by every condition; "
                     "{n_boot} resamples; shared-pair error covariance subtracted; basic "
@@ -149,6 +149,31 @@ class Comparison:
             r = self.index[a].index(i)
             return 1.0 - correlation(C, i, idx_b[min(r, len(idx_b) - 1)])
         return self._per_seed(a, fn)
+
+    def spearman_distance(self, a: str, b: str) -> Stat:
+        """Cross-fitted disattenuated Spearman distance: 1 - mean(rho(a_A, b_B), rho(a_B, b_A))
+        / sqrt(rho(a_A, a_B) rho(b_A, b_B)) (rho: Spearman), maps of the disjoint pair halves A
+        and B, so no pair's error enters both sides of a correlation. Pairs i of A and of B are
+        resampled together (``w``: n weights)."""
+        n, idx_b = self.n, self.index[b]
+        w = torch.cat([torch.full((1, n), 1.0 / n, dtype=torch.float64),
+                       resample_weights(n, self.n_boot, self.seed + 2)])
+
+        def ranked(i: int, half: int) -> torch.Tensor:      # [B + 1, K] ranks of the maps
+            maps = self.y[i, :, half * n:(half + 1) * n] @ w.T
+            return maps.T.argsort(-1).argsort(-1).double()
+
+        points, boots = [], []
+        for r, i in enumerate(self.index[a]):
+            j = idx_b[min(r, len(idx_b) - 1)]
+            aA, aB, bA, bB = ranked(i, 0), ranked(i, 1), ranked(j, 0), ranked(j, 1)
+            rel = (pearson(aA, aB) * pearson(bA, bB))
+            d = 1 - (pearson(aA, bB) + pearson(aB, bA)) / 2 / rel.clamp_min(1e-300).sqrt()
+            d = torch.where(rel > 0, d, torch.full_like(d, torch.nan))
+            points.append(d[0])
+            boots.append(d[1:])
+        point = torch.stack(points)
+        return Stat.of(family(a), point, torch.stack(boots, -1), point)
 
     def gap(self, name: str) -> dict:
         g = torch.stack([torch.as_tensor(v).double() for v in self.gaps[name]])   # [R, N]
@@ -251,8 +276,9 @@ def _effects(comp: Comparison, shift: dict, stats: dict, gates: dict) -> tuple[d
     return out[0], out[1]
 
 
-def _shifts(comp: Comparison, gates: dict) -> tuple[dict, dict]:
+def _shifts(comp: Comparison, gates: dict, spearman: bool = False) -> tuple[dict, dict]:
     shift, stats = {}, {}
+    measure = comp.spearman_distance if spearman else comp.distance
     for name in comp.names:
         if name == "base-zs":
             continue
@@ -264,7 +290,7 @@ def _shifts(comp: Comparison, gates: dict) -> tuple[dict, dict]:
                 why += "; shifts from base-zs are undefined, see effects_direct"
             shift[name] = _undefined(why)
             continue
-        stats[name] = comp.distance(name, "base-zs")
+        stats[name] = measure(name, "base-zs")
         shift[name] = interval(stats[name])
     return shift, stats
 
@@ -305,15 +331,18 @@ def _summaries(comp: Comparison, blocked: dict, reliability_gate: float) -> tupl
 
 def _sensitivity(scores: dict, gaps: dict, gates: dict, n_pairs: int, n_boot: int, seed: int,
                  n_heads: int | None) -> dict:
-    """Shifts and the primary contrast on heads only and on MLPs only (outside the verdict)."""
-    if not n_heads:
-        return {}
+    """Shifts and the primary contrast by the cross-fitted disattenuated Spearman distance, and
+    on heads only and MLPs only (outside the verdict)."""
+    parts = [("spearman", None, True)]
+    if n_heads:
+        parts += [("heads_only", slice(0, n_heads), False),
+                  ("mlp_only", slice(n_heads, None), False)]
     out = {}
-    for label, part in (("heads_only", slice(0, n_heads)), ("mlp_only", slice(n_heads, None))):
+    for label, part, spearman in parts:
         comp = Comparison(scores, gaps, n_pairs, n_boot, seed, components=part)
-        if comp.y.shape[1] < 3:
+        if comp.y.shape[1] < 3 or (spearman and comp.N < 2 * comp.n):
             continue
-        shift, stats = _shifts(comp, gates)
+        shift, stats = _shifts(comp, gates, spearman)
         primary, _ = _effects(comp, shift, stats, gates)
         out[label] = {"shift": shift, "icl_minus_ft": primary["icl_minus_ft"]}
     return out
@@ -321,14 +350,15 @@ def _sensitivity(scores: dict, gaps: dict, gates: dict, n_pairs: int, n_boot: in
 
 def compare_scores(scores: dict, gaps: dict, *, n_pairs: int, n_boot: int = 500, seed: int = 0,
                    margin: float = EQUIVALENCE_MARGIN, blocked: dict | None = None,
-                   reliability_gate: float = RELIABILITY_GATE, n_heads: int | None = None
-                   ) -> dict:
+                   reliability_gate: float = RELIABILITY_GATE, n_heads: int | None = None,
+                   sensitivity: bool = True) -> dict:
     """The comparison of stored scores, as plain JSON-shaped dicts.
 
     ``scores[condition]``: one tensor per replicate seed, ``[n_components, 2 * n_pairs]`` (set A
     then set B); ``gaps[condition]``: the matching ``[2 * n_pairs]`` clean-corrupt gaps.
     ``blocked``: conditions that fail their gate for a reason of their own; ``n_heads``: the
-    first ``n_heads`` components are heads (enables the heads-only / MLP-only sensitivity).
+    first ``n_heads`` components are heads (enables the heads-only / MLP-only sensitivity);
+    ``sensitivity=False`` skips the sensitivity distances.
     Returns ``summary`` (gap, reliability, gate, noise floor per condition), ``shift``,
     ``effects``, ``effects_secondary``, ``effects_direct``, ``sensitivity``, ``verdict_code``,
     ``verdict_rule`` and ``verdict``."""
@@ -344,7 +374,8 @@ def compare_scores(scores: dict, gaps: dict, *, n_pairs: int, n_boot: int = 500,
     return {
         "summary": summary, "shift": shift, "effects": primary,
         "effects_secondary": secondary, "effects_direct": _direct(comp, gates, secondary_ft),
-        "sensitivity": _sensitivity(scores, gaps, gates, n_pairs, n_boot, seed, n_heads),
+        "sensitivity": (_sensitivity(scores, gaps, gates, n_pairs, n_boot, seed, n_heads)
+                        if sensitivity else {}),
         "verdict_code": code, "verdict_rule": rule,
         "verdict": sentence(code, rule, primary["icl_minus_ft"], secondary["icl_minus_ft"],
                             margin),

@@ -38,6 +38,10 @@ GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must l
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
 EQUIVALENCE_MARGIN = 0.05
 DOSE_FRACTIONS = (0.25, 0.5, 1.0)
+#: the largest sizes a run accepts (per-pair maps of every condition are held in memory)
+LIMITS = {"n_pairs": 4096, "n_eval": 100_000, "n_train": 1_000_000, "n_boot": 100_000,
+          "shots": 512, "demo_seeds": 100, "ft_seeds": 100, "n_random_sets": 10_000,
+          "epochs": 1000}
 
 
 @dataclass
@@ -83,6 +87,10 @@ class ShiftConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        for name, most in LIMITS.items():
+            if getattr(self, name) > most:
+                raise ConfigError(f"{name} must be at most {most:,} (a larger request would not "
+                                  f"fit this machine's memory or time), got {getattr(self, name)}")
         if self.n_pairs < 4:
             raise ConfigError(f"n_pairs must be >= 4 (split-half reliability), got {self.n_pairs}")
         if self.ft_method not in ("full", "lora"):

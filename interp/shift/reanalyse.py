@@ -47,7 +47,8 @@ def merge(results: dict, comparison: dict) -> dict:
     return results
 
 
-def _nested(flat: dict[str, torch.Tensor]) -> dict:
+def nested_scores(flat: dict[str, torch.Tensor]) -> dict:
+    """Stage scores ``{"key|kind|field": tensor}`` as ``{key: {kind: {field: tensor}}}``."""
     out: dict = {}
     for name, t in flat.items():
         key, kind, field = name.split("|")
@@ -78,7 +79,7 @@ def reanalyse(run_dir: str | Path, margin: float | None = None, n_boot: int | No
     margin = config["margin"] if margin is None else margin
     if not 0 <= margin < 1:
         raise ConfigError(f"--margin must be in [0, 1), got {margin}")
-    scores = _nested(flat)
+    scores = nested_scores(flat)
     x, gaps = comparison_inputs(scores, _keys_of(scores))
     lengths = {n: c.get("length_ratio") for n, c in results["conditions"].items()}
     model = results["model"]

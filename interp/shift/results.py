@@ -185,14 +185,31 @@ class ShiftResult(Result):
         return cls(data)
 
 
+def shift_frame(results: dict) -> pd.DataFrame:
+    """One row per condition: the primary shift and the pre-registered sensitivity distances
+    (cross-fitted Spearman, heads only, MLPs only; each with its interval), then the
+    uncorrected distances of the mean maps."""
+    rows = []
+    for c, d in results["distances"].items():
+        row = {"condition": c}
+        measures = {"shift": results["shift"].get(c, {}),
+                    **{k: v["shift"].get(c, {})
+                       for k, v in (results.get("sensitivity") or {}).items()}}
+        for label, v in measures.items():
+            ci = v.get("ci95") or [None, None]
+            row.update({label: v.get("estimate"), f"{label}_ci_low": ci[0],
+                        f"{label}_ci_high": ci[1]})
+        row.update({f"raw_{k}": v for k, v in d.items() if not isinstance(v, list)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def write_outputs(out: Path, config: ShiftConfig, results: dict, maps: dict[str, ScoreMap],
                   explorer: dict | None = None):
     write_json(out / "results.json", results)
     res = ShiftResult(results)
     write_csv(out / "conditions.csv", res.conditions_frame())
-    rows = [{"condition": c, **{k: v for k, v in d.items() if not isinstance(v, list)}}
-            for c, d in results["distances"].items()]
-    write_csv(out / "shift.csv", pd.DataFrame(rows))
+    write_csv(out / "shift.csv", shift_frame(results))
     acc_rows = [{"condition": c, "queries": q, **{k: v for k, v in a.items() if k != "by_seed"}}
                 for c, v in results["conditions"].items() for q, a in v["accuracy"].items()]
     write_csv(out / "accuracy.csv", pd.DataFrame(acc_rows))

@@ -23,6 +23,7 @@ import time
 import torch
 
 from interp.files import check_writable, now
+from interp.locks import release_outputs
 from interp.models import LoadedModel, load_model
 from interp.provenance import write_provenance
 from interp.shift import probes
@@ -37,6 +38,7 @@ from interp.shift.conditions import (
 from interp.shift.config import ShiftConfig
 from interp.shift.explore import explorer_data
 from interp.shift.measure import ConditionRunner, accuracy, measure_all
+from interp.shift.reanalyse import nested_scores
 from interp.shift.results import assemble, write_outputs
 from interp.shift.stages import Stages
 from interp.shift.training import dose_steps, train_updates
@@ -49,21 +51,21 @@ def _flat_scores(scores: dict) -> dict[str, torch.Tensor]:
             for kind, tensors in kinds.items() for name, t in tensors.items()}
 
 
-def _nested_scores(flat: dict[str, torch.Tensor]) -> dict:
-    out: dict = {}
-    for name, t in flat.items():
-        key, kind, field = name.split("|")
-        out.setdefault(key, {}).setdefault(kind, {})[field] = t
-    return out
-
-
 def _accuracy(runner: ConditionRunner, conds, qs) -> dict:
     return {c.key: accuracy(runner, c, qs) for c in conds}
 
 
 def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
     """Run (or resume) every stage; returns the results dictionary and writes the report.
-    ``model``: an already loaded, not yet bridged base model (it is bridged here)."""
+    ``model``: an already loaded, not yet bridged base model (it is bridged here). The output
+    directory is this run's alone while it runs."""
+    try:
+        return _run_stages(config, model)
+    finally:
+        release_outputs(config.out)
+
+
+def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     out = check_writable(config.out)
     started, began = now(), time.perf_counter()
     stages = Stages(out, config.force)
@@ -92,11 +94,11 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
     t = time.perf_counter()
     base.bridge  # noqa: B018 - bridged once, here, after every fine-tuning copy was made
     stages.time("bridge", t)
-    scores = _nested_scores(stages.tensors(
+    scores = nested_scores(stages.tensors(
         "scores", config.scores_settings(),
         lambda: _flat_scores(measure_all(runner, conditions, pair_sets, config.progress))))
     dose_pairs = {"counterfactual": pair_sets["counterfactual"].subset(range(config.n_pairs))}
-    dose_scores = _nested_scores(stages.tensors(
+    dose_scores = nested_scores(stages.tensors(
         "dose", config.dose_settings(),
         lambda: _flat_scores(measure_all(runner, todo, dose_pairs, config.progress))))
     n = config.n_pairs

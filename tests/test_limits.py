@@ -1,0 +1,228 @@
+"""Nothing silent, nothing lost: one writer per output directory, locks that are never empty,
+atomic files on a full disk, inputs that do not fit refused (never cut), damaged or unsupported
+inputs named, sizes checked before work, partial studies marked as partial."""
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from interp.cli import main
+from interp.errors import ContextLengthError, DiskFullError, ModelSpecError
+
+TINY = "tiny-random-llama"
+
+
+def run(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "interp", *args], capture_output=True,
+                          text=True, timeout=600, cwd=cwd, env={**os.environ, **(env or {})})
+
+
+def _one_line_exit_2(out):
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "Traceback" not in out.stderr
+    lines = [l for l in out.stderr.strip().splitlines() if not l.startswith("warning:")]
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_a_second_writer_is_refused_with_the_holders_name(tmp_path):
+    from interp.locks import OUT_LOCK
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / OUT_LOCK).write_text(json.dumps({"holder": "interp shift", "pid": sleeper.pid,
+                                                "host": os.uname().nodename, "time": 9e12,
+                                                "started": "now"}))
+        line = _one_line_exit_2(run("eval", "--model", TINY, "--task", "boolean", "--n", "2",
+                                    "--shots", "0", "--out", str(out)))
+        assert "in use by interp shift" in line and str(sleeper.pid) in line
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    # its holder is gone: the lock is stale and taken over (with a warning), the run completes
+    done = run("--quiet", "eval", "--model", TINY, "--task", "boolean", "--n", "2", "--shots",
+               "0", "--out", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "taking over the stale lock" in done.stderr
+    assert not (out / OUT_LOCK).exists()          # released at exit
+
+
+def test_the_same_process_may_take_its_own_directory_twice(tmp_path):
+    from interp.files import check_writable
+
+    check_writable(tmp_path / "mine")
+    check_writable(tmp_path / "mine")
+
+
+def test_a_lock_is_created_with_its_content(tmp_path, monkeypatch):
+    import interp.locks as locks
+
+    seen = []
+    real_link = os.link
+
+    def link(src, dst):
+        seen.append(Path(src).read_text())      # what a reader of the lock would see
+        return real_link(src, dst)
+
+    monkeypatch.setattr(locks.os, "link", link)
+    assert locks.try_lock(tmp_path / "cell.lock", "sweep cell") is None
+    assert json.loads(seen[0])["pid"] == os.getpid()
+    assert locks.try_lock(tmp_path / "cell.lock", "sweep cell")["pid"] == os.getpid()
+
+
+def test_a_full_disk_leaves_no_partial_file_and_says_so(tmp_path, monkeypatch):
+    from interp import files
+
+    target = tmp_path / "page.html"
+    target.write_text("<html>old</html>")
+
+    def full(path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError, match=f"no space left on {tmp_path} while writing "
+                                            "page.html"):
+        with files.atomic_path(target) as tmp:
+            tmp.write_text("<html>partial")
+            full(tmp)
+    assert target.read_text() == "<html>old</html>"
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]
+
+
+def test_html_pages_are_written_atomically(tmp_path, monkeypatch):
+    import plotly.graph_objects as go
+
+    from interp import files
+    from interp.plots import write_page
+
+    calls = []
+    real = files.atomic_path
+    monkeypatch.setattr(files, "atomic_path", lambda p: (calls.append(p), real(p))[1])
+    page = write_page(tmp_path / "figures.html", "t", [go.Figure()])
+    assert calls and page.read_text().rstrip().endswith("</html>")
+
+
+def test_a_prompt_longer_than_the_context_is_refused(tiny):
+    import torch
+
+    from interp.engine import PrefixRunner, check_length, context_length, prefix_cache
+
+    limit = context_length(tiny)
+    with pytest.raises(ContextLengthError, match=f"more than the model's context of {limit}"):
+        prefix_cache(tiny, torch.ones(1, limit + 1, dtype=torch.long))
+    runner = PrefixRunner(tiny, "", use_cache=False)
+    with pytest.raises(ContextLengthError):
+        runner.forward([[1] * (limit + 5)])
+    check_length(tiny, limit)          # exactly the context fits
+
+
+def test_patch_with_too_many_shots_is_refused_not_cut(tmp_path):
+    line = _one_line_exit_2(run("patch", "--model", TINY, "--task", "boolean", "--shots", "150",
+                                "--n", "2", "--out", str(tmp_path / "p")))
+    assert "tokens" in line and "context" in line
+    assert not (tmp_path / "p" / "scores.safetensors").exists()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["patch", "--model", TINY, "--task", "boolean", "--n", "1000000000"], "at most"),
+    (["data", "--task", "boolean", "--n", "1000000000"], "at most"),
+    (["shift", "--model", TINY, "--task", "boolean", "--n-pairs", "5000000"], "at most"),
+])
+def test_oversized_requests_are_refused_at_once(args, needle, tmp_path):
+    assert needle in _one_line_exit_2(run(*args, cwd=tmp_path))
+
+
+def test_sweep_configs_are_checked_whole_before_any_cell(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("models: [tiny-random-llama]\ntasks: [boolean]\neval: {n: 4}\n"
+                      "finetune: {n_train: [-16]}\n")
+    line = _one_line_exit_2(run("sweep", str(config), "--out", str(tmp_path / "s")))
+    assert "finetune.n_train[0]: must be >= 1, got -16" in line
+    assert not list((tmp_path / "s").rglob("*.json"))
+    config.write_text("models: [tiny-random-llama]\ntasks: [boolean]\nshift: {n_pairs: 2}\n")
+    assert "shift: n_pairs" in _one_line_exit_2(run("sweep", str(config), "--out",
+                                                    str(tmp_path / "s")))
+
+
+def test_invalid_utf8_pairs_are_named_with_their_line(tmp_path):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b'{"clean": "a", "corrupt": "b", "answer": " c", "foil": " d"}\n'
+                      b'{"clean": "\xff\xfe"}\n')
+    line = _one_line_exit_2(run("patch", "--model", TINY, "--pairs", str(pairs), "--out",
+                                str(tmp_path / "p")))
+    assert "pairs.jsonl:2: not valid UTF-8" in line
+
+
+def test_unsupported_and_damaged_models_are_named(tmp_path, tiny):
+    from interp.models import load_model
+
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelSpecError, match="model type 'bert' is not supported; supported: "):
+        load_model(str(bert))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in tiny.source_dir.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelSpecError, match="model.safetensors is damaged or truncated"):
+        load_model(str(broken))
+    gguf = tmp_path / "cut.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 40)
+    with pytest.raises(ModelSpecError, match="cut.gguf cannot be read as a GGUF model"):
+        load_model(str(gguf))
+
+
+def test_an_unusable_model_cache_is_said_before_any_work(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = _one_line_exit_2(run("eval", "--model", "tiny-random-llama", "--task", "boolean",
+                                "--n", "2", "--out", str(tmp_path / "e"),
+                                env={"INTERP_CACHE": str(blocker / "below")}))
+    assert "model cache" in line and "INTERP_CACHE" in line
+
+
+def test_a_damaged_checkpoint_names_what_to_delete(tmp_path):
+    out = tmp_path / "ft"
+    args = ["--quiet", "finetune", "--model", TINY, "--task", "boolean", "--n-train", "8",
+            "--batch-size", "4", "--max-steps", "2", "--checkpoint-every", "1", "--n-eval", "2",
+            "--out", str(out)]
+    assert main(args) == 0
+    ckpt = out / "checkpoint"
+    assert (ckpt / "progress.json").is_file()
+    (ckpt / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    (out / "model.safetensors").unlink(missing_ok=True)
+    (out / "train_config.json").unlink(missing_ok=True)
+    line = _one_line_exit_2(run(*args))
+    assert "is damaged" in line and "delete" in line
+
+
+def test_an_interrupted_study_marks_its_tables_partial(tmp_path, monkeypatch):
+    import interp.study as study
+
+    calls = {"n": 0}
+
+    def stop_after_first(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    real = study.run_shift
+    monkeypatch.setattr(study, "run_shift", stop_after_first)
+    config = study.StudyConfig(models=[TINY], tasks=["boolean", "parity"], quick=True,
+                               demo_seeds=1, ft_seeds=1, out=str(tmp_path / "st"),
+                               progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(config)
+    record = json.loads((tmp_path / "st" / "study.json").read_text())
+    assert record["complete"] is False and record["cells_total"] == 2
+    assert "id='partial'" in (tmp_path / "st" / "study.html").read_text()
