@@ -13,6 +13,7 @@ a causal model computes exactly the same there), unembedding only the last posit
 from __future__ import annotations
 
 import copy
+import inspect
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
@@ -65,9 +66,22 @@ def chunks(n: int, size: int) -> Iterable[range]:
 
 # ----------------------------------------------------------------------------- KV caches
 
+def cache_kwarg(hf, past) -> dict:
+    """The KV cache as the model's forward takes it: ``cache`` from transformers 5.24 on,
+    ``past_key_values`` before (the old name is deprecated there)."""
+    name = _CACHE_NAME.get(type(hf))
+    if name is None:
+        params = inspect.signature(hf.forward).parameters
+        name = _CACHE_NAME[type(hf)] = "cache" if "cache" in params else "past_key_values"
+    return {name: past}
+
+
+_CACHE_NAME: dict[type, str] = {}
+
+
 def _run_cache(hf, ids: torch.Tensor, past=None):
     with torch.no_grad():
-        out = hf(input_ids=ids, past_key_values=past, use_cache=True, logits_to_keep=1)
+        out = hf(input_ids=ids, **cache_kwarg(hf, past), use_cache=True, logits_to_keep=1)
     return out.past_key_values
 
 
@@ -179,7 +193,8 @@ def _probe(model: LoadedModel) -> None:
     full = model.hf(input_ids=ids, use_cache=False).logits[:, split:].float()
     tol = _check_tolerance(model, full)
     cache = repeat_cache(_run_cache(model.hf, ids[:1, :split]), 2)
-    cached = model.hf(input_ids=ids[:, split:], past_key_values=cache, use_cache=True).logits
+    cached = model.hf(input_ids=ids[:, split:], **cache_kwarg(model.hf, cache),
+                      use_cache=True).logits
     diff = float((cached[:, -full.shape[1]:].float() - full).abs().max())
     if not diff <= tol:
         _fail("a forward continued from a prefix cache differs from the full forward", diff, tol)
@@ -253,7 +268,7 @@ def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = 
     check_length(model, ids.shape[1] + (past.get_seq_length() if past is not None else 0))
     hook_ctx = model.bridge.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
     with hook_ctx, _skipping(model.hf, first_layer, resid):
-        out = model.hf(input_ids=ids, past_key_values=past, use_cache=past is not None,
+        out = model.hf(input_ids=ids, **cache_kwarg(model.hf, past), use_cache=past is not None,
                        logits_to_keep=1 if last_only else 0)
     return out.logits
 
@@ -318,7 +333,7 @@ class PrefixRunner:
         mask = torch.cat([torch.ones(B, P, dtype=torch.long, device=device), suffix_mask], 1)
         if self.use_cache:
             out = self.hf(input_ids=ids, attention_mask=mask, position_ids=pos,
-                          past_key_values=repeat_cache(self._cache, B), use_cache=True,
+                          **cache_kwarg(self.hf, repeat_cache(self._cache, B)), use_cache=True,
                           logits_to_keep=keep)
         else:
             prefix = torch.tensor(self.prefix_ids, dtype=torch.long, device=device)
@@ -346,7 +361,7 @@ def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max
         for _ in range(max_new_tokens - 1):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             out = model.hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos[:, None],
-                           past_key_values=cache, use_cache=True)
+                           **cache_kwarg(model.hf, cache), use_cache=True)
             cache, pos = out.past_key_values, pos + 1
             nxt = out.logits[:, -1].argmax(-1)
             generated.append(nxt)

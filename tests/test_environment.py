@@ -187,6 +187,7 @@ def test_provenance_names_every_distribution_and_the_lock(tmp_path):
 def test_a_version_differing_from_the_lock_is_recorded_and_warned(monkeypatch, capsys):
     import interp.provenance as prov
 
+    monkeypatch.delenv("INTERP_ALLOW_UNLOCKED", raising=False)
     installed = prov.installed_distributions()
     monkeypatch.setattr(prov, "installed_distributions",
                         lambda: {**installed, "transformers": "5.25.0"})
