@@ -129,6 +129,18 @@ def test_patch_with_too_many_shots_is_refused_not_cut(tmp_path):
     assert not (tmp_path / "p" / "scores.safetensors").exists()
 
 
+def test_a_shift_run_whose_prompts_do_not_fit_is_refused_before_training(tmp_path):
+    import time
+
+    began = time.perf_counter()
+    line = _one_line_exit_2(run("shift", "--model", TINY, "--task", "boolean", "--shots", "150",
+                                "--n-train", "8", "--n-eval", "4", "--n-pairs", "4", "--out",
+                                str(tmp_path / "s")))
+    assert "context" in line and "base-icl" in line
+    assert not (tmp_path / "s" / "ft").exists()            # nothing was trained
+    assert time.perf_counter() - began < 120
+
+
 @pytest.mark.parametrize("args,needle", [
     (["patch", "--model", TINY, "--task", "boolean", "--n", "1000000000"], "at most"),
     (["data", "--task", "boolean", "--n", "1000000000"], "at most"),

@@ -21,7 +21,8 @@ COLUMNS = (("shift_coverage", "shift cov"), ("effect_coverage", "effect cov"),
            ("contrast_coverage", "contrast cov"), ("contrast_defined", "defined"),
            ("shift_bias", "shift bias"),
            ("contrast_bias", "contrast bias"), ("icl_more", "icl_more"), ("ft_more", "ft_more"),
-           ("below_margin", "below margin"), ("no_difference", "no_difference"))
+           ("below_margin", "below margin"), ("no_difference", "no_difference"),
+           ("reliability_ci_excludes_point", "rel. CI excludes point"))
 
 
 def table(rows: list[dict]) -> str:

@@ -10,13 +10,14 @@ models were trained on, and a prefix is identical across all pairs of a conditio
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from interp.analysis.metrics import first_answer_token
 from interp.analysis.pairs import pair_sources
-from interp.engine import encode
+from interp.engine import check_length, encode
 from interp.errors import TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, choose_demos, prefix_text, relabel
@@ -155,6 +156,19 @@ def queries(config: ShiftConfig) -> dict[str, list[Example]]:
     return {cond: generate(config.task, config.n_eval, seed=config.seed, split="test",
                            pattern=cond == "pattern", **config.knobs)
             for cond in ("pattern", "control")}
+
+
+def check_fits(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Condition],
+               pair_sets: dict[str, PairSet]) -> None:
+    """Every condition's longest prompt (demonstrations, pair and answer) fits the model's
+    context: checked before any work, so a run is refused, never cut."""
+    longest = max(len(q) for pairs in pair_sets.values() for q in pairs.clean + pairs.corrupt)
+    queries_longest = max(len(encode(model.tokenizer, ex.input, first=False))
+                          for qs in queries(config).values() for ex in qs)
+    for cond in conditions:
+        prefix = encode(model.tokenizer, prefix_text(config.task, cond.demos), first=True)
+        check_length(model, len(prefix) + max(longest, queries_longest) + 8,
+                     f"the longest prompt of {cond.key}")
 
 
 def prompt_tokens(model: LoadedModel, config: ShiftConfig, condition: Condition,

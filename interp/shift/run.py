@@ -32,6 +32,7 @@ from interp.shift.conditions import (
     Condition,
     build_conditions,
     build_pairs,
+    check_fits,
     dose_conditions,
     queries,
 )
@@ -74,12 +75,15 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     if base.has_bridge:
         raise ValueError("run_shift needs the base model before its TransformerBridge is built")
     stages.time("load_model", t)
-    t = time.perf_counter()
-    updates, ft_info = train_updates(config, base, out, config.force)
-    stages.time("finetune", t)
     conditions = build_conditions(config, base.tokenizer)
     steps = dose_steps(config)
     doses = dose_conditions(config, steps)
+    pair_sets = {"counterfactual": build_pairs(config, base.tokenizer, 2 * config.n_pairs),
+                 "separating": build_pairs(config, base.tokenizer, config.n_pairs, "separating")}
+    check_fits(base, config, [*conditions, *doses], pair_sets)   # before any work
+    t = time.perf_counter()
+    updates, ft_info = train_updates(config, base, out, config.force)
+    stages.time("finetune", t)
     runner = ConditionRunner(base, updates, config.task)
     qs = queries(config)
     acc = stages.json("accuracy", config.accuracy_settings(),
@@ -89,8 +93,6 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     dose_acc = stages.json("dose_accuracy", config.dose_settings(), lambda: _accuracy(
         runner, todo, {"pattern": qs["pattern"]}))
     dose_acc = {**dose_acc, **{k: {"pattern": acc[m]["pattern"]} for k, m in same.items()}}
-    pair_sets = {"counterfactual": build_pairs(config, base.tokenizer, 2 * config.n_pairs),
-                 "separating": build_pairs(config, base.tokenizer, config.n_pairs, "separating")}
     t = time.perf_counter()
     base.bridge  # noqa: B018 - bridged once, here, after every fine-tuning copy was made
     stages.time("bridge", t)
