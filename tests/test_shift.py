@@ -150,8 +150,11 @@ def test_gate_thresholds():
      "icl_positive_below_margin"),
     ({"estimate": 0.08, "ci95": [0.01, 0.15]}, {"estimate": 0.2}, "icl_positive_below_margin",
      "icl_positive_below_margin"),
-    ({"estimate": -0.03, "ci95": [-0.045, -0.01]}, None, "ft_negative_below_margin",
-     "ft_negative_below_margin"),
+    ({"estimate": -0.03, "ci95": [-0.045, -0.01]}, {"estimate": -0.1},
+     "ft_negative_below_margin", "ft_negative_below_margin"),
+    ({"estimate": 0.04, "ci95": [0.015, 0.07]}, {"estimate": -0.17}, "inconclusive",
+     "secondary_disagrees"),                                  # the demo's case
+    ({"estimate": -0.03, "ci95": [-0.045, -0.01]}, None, "inconclusive", "secondary_undefined"),
     ({"estimate": 0.0, "ci95": [-0.03, 0.04]}, None, "no_difference", "equivalent"),
     ({"estimate": 0.0, "ci95": [-0.2, 0.2]}, None, "inconclusive", "otherwise"),
 ])

@@ -10,13 +10,12 @@ is the smallest difference that counts (minimal-effect semantics). Rules, checke
    positive -> ``icl_more``;
 3. ``ft_more``: the primary interval lies below -margin and the secondary estimate is
    negative -> ``ft_more``;
-4. ``secondary_undefined``: the primary interval lies beyond the margin but the secondary is
-   undefined (a sham failed its gate) -> ``inconclusive``: an undefined secondary never counts
-   as agreement;
-5. ``secondary_disagrees``: beyond the margin, but the secondary has the other sign (or 0)
-   -> ``inconclusive``;
-6. ``icl_positive_below_margin``: the interval lies above 0 but not above the margin ->
-   ``icl_positive_below_margin`` (a difference, not shown to matter);
+4. ``secondary_undefined``: the primary interval excludes 0 but the secondary is undefined (a
+   sham failed its gate) -> ``inconclusive``: an undefined secondary never counts as agreement;
+5. ``secondary_disagrees``: the primary interval excludes 0, but the secondary has the other
+   sign (or 0) -> ``inconclusive``;
+6. ``icl_positive_below_margin``: the interval lies above 0 but not above the margin, and the
+   secondary is positive -> ``icl_positive_below_margin`` (a difference, not shown to matter);
 7. ``ft_negative_below_margin``: the mirror -> ``ft_negative_below_margin``;
 8. ``equivalent``: the interval lies within +-margin -> ``no_difference``;
 9. ``otherwise`` -> ``inconclusive``.
@@ -33,14 +32,16 @@ RULES = {
                              "secondary contrast's estimate is positive"),
     "ft_more": ("ft_more", "the primary icl - ft interval lies below -margin and the secondary "
                            "contrast's estimate is negative"),
-    "secondary_undefined": ("inconclusive", "the primary interval lies beyond the margin but the "
-                                            "secondary contrast is undefined"),
-    "secondary_disagrees": ("inconclusive", "the primary interval lies beyond the margin but the "
-                                            "secondary contrast has the other sign"),
+    "secondary_undefined": ("inconclusive", "the primary interval excludes 0 but the secondary "
+                                            "contrast is undefined"),
+    "secondary_disagrees": ("inconclusive", "the primary interval excludes 0 but the secondary "
+                                            "contrast has the other sign"),
     "icl_positive_below_margin": ("icl_positive_below_margin",
-                                  "the primary interval lies above 0 but not above +margin"),
+                                  "the primary interval lies above 0 but not above +margin, and "
+                                  "the secondary contrast's estimate is positive"),
     "ft_negative_below_margin": ("ft_negative_below_margin",
-                                 "the primary interval lies below 0 but not below -margin"),
+                                 "the primary interval lies below 0 but not below -margin, and "
+                                 "the secondary contrast's estimate is negative"),
     "equivalent": ("no_difference", "the primary interval lies within the equivalence margin"),
     "otherwise": ("inconclusive", "the primary interval neither excludes 0 nor lies within the "
                                   "margin"),
@@ -55,17 +56,16 @@ def decide(primary: dict, secondary: dict | None, margin: float) -> tuple[str, s
         return RULES["undefined"][0], "undefined"
     lo, hi = primary["ci95"]
     sec = secondary.get("estimate") if secondary else None
-    for beyond, sign, rule in ((lo > margin, 1, "icl_more"), (hi < -margin, -1, "ft_more")):
-        if beyond:
+    for sign, beyond, rule, below in ((1, lo > margin, "icl_more", "icl_positive_below_margin"),
+                                      (-1, hi < -margin, "ft_more", "ft_negative_below_margin")):
+        if sign * (lo if sign > 0 else hi) > 0:       # the interval excludes 0 on this side
             if sec is None:
                 rule = "secondary_undefined"
             elif not sec * sign > 0:
                 rule = "secondary_disagrees"
+            elif not beyond:
+                rule = below
             return RULES[rule][0], rule
-    if lo > 0:
-        return RULES["icl_positive_below_margin"][0], "icl_positive_below_margin"
-    if hi < 0:
-        return RULES["ft_negative_below_margin"][0], "ft_negative_below_margin"
     if -margin <= lo and hi <= margin:
         return RULES["equivalent"][0], "equivalent"
     return RULES["otherwise"][0], "otherwise"
@@ -85,10 +85,10 @@ WORDS = {
                 "by more than the margin.",
     "ft_more": "Fine-tuning shifted the circuit more than ICL did, beyond what its sham shifts, "
                "by more than the margin.",
-    "secondary_undefined": "Inconclusive: the primary contrast lies beyond the margin, but the "
-                           "secondary contrast that must agree is undefined.",
-    "secondary_disagrees": "Inconclusive: the primary contrast lies beyond the margin, but the "
-                           "secondary contrast points the other way.",
+    "secondary_undefined": "Inconclusive: the primary contrast excludes 0, but the secondary "
+                           "contrast that must agree is undefined.",
+    "secondary_disagrees": "Inconclusive: the primary contrast excludes 0, but the secondary "
+                           "contrast points the other way.",
     "icl_positive_below_margin": "ICL shifted the circuit more than fine-tuning did, but not "
                                  "demonstrably by more than the margin.",
     "ft_negative_below_margin": "Fine-tuning shifted the circuit more than ICL did, but not "
