@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from interp.errors import ConfigError, DiskFullError, StaleResultsError
+from interp.errors import ConfigError, DiskFullError, InterpError, StaleResultsError
 from interp.locks import hold_output
 
 
@@ -50,7 +50,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.chmod(tmp, _MODE)
         os.replace(tmp, path)
     except Exception as exc:  # noqa: BLE001 - any writer (json, torch, safetensors) may be full
-        if _no_space(exc, path.parent):
+        if no_space(exc, path.parent):
             raise DiskFullError(f"no space left on {path.parent} while writing {path.name}"
                                 ) from exc
         raise
@@ -67,11 +67,13 @@ def _fsync(path: str) -> None:
         os.close(fd)
 
 
-def _no_space(exc: BaseException, directory: Path) -> bool:
+def no_space(exc: BaseException, directory: Path) -> bool:
     """Whether a failed write ran out of disk: ENOSPC, or a library error (torch, safetensors)
     raised while the file system has (almost) nothing left."""
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
+    if isinstance(exc, InterpError):
+        return False
     try:
         return shutil.disk_usage(directory).free < 16 * 2 ** 20
     except OSError:

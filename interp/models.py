@@ -23,7 +23,14 @@ from typing import Any
 import torch
 
 from interp.arch import Adapter, adapter, pass_cache_to_bridge, plain_name
-from interp.errors import ConfigError, InterpError, MissingDependencyError, ModelSpecError
+from interp.errors import (
+    ConfigError,
+    DiskFullError,
+    InterpError,
+    MissingDependencyError,
+    ModelSpecError,
+)
+from interp.files import no_space
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-random-llama"
@@ -459,6 +466,11 @@ def _save_atomically(target: Path, hf, tok) -> None:
         if target.exists():  # another process won the race
             return
         tmp.rename(target)
+    except Exception as exc:  # noqa: BLE001 - a full disk surfaces as many kinds of error
+        if no_space(exc, target.parent):
+            raise DiskFullError(f"no space left on {target.parent} while writing the model "
+                                f"cache {target.name}") from exc
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

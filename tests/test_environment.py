@@ -42,9 +42,12 @@ def test_lock_satisfies_pyproject_ranges(lock):
             assert line.rstrip().endswith("\\"), f"{line!r} has no hash"
 
 
-def test_lock_pins_a_transformers_whose_cache_works_with_the_bridge():
+def test_the_lock_keeps_the_versions_the_readme_was_measured_with():
+    readme = (ROOT / "README.md").read_text()
     for lock in LOCKS:
-        assert tuple(int(p) for p in _pins(lock)["transformers"].split(".")[:2]) < (5, 24)
+        pins = _pins(lock)
+        for name in ("transformers", "transformer-lens", "peft", "accelerate"):
+            assert f"{name} {pins[name]}" in readme, (lock, name)
 
 
 def test_makefile_names_each_lock_file():

@@ -25,7 +25,8 @@ def run(*args, cwd=None, env=None):
 def _one_line_exit_2(out):
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "Traceback" not in out.stderr
-    lines = [l for l in out.stderr.strip().splitlines() if not l.startswith("warning:")]
+    lines = [l for l in out.stderr.strip().splitlines()       # upstream notices are not ours
+             if not l.startswith(("warning:", "[transformers]"))]
     assert len(lines) == 1, out.stderr
     return lines[0]
 
@@ -134,7 +135,7 @@ def test_a_shift_run_whose_prompts_do_not_fit_is_refused_before_training(tmp_pat
 
     began = time.perf_counter()
     line = _one_line_exit_2(run("shift", "--model", TINY, "--task", "boolean", "--shots", "150",
-                                "--n-train", "8", "--n-eval", "4", "--n-pairs", "4", "--out",
+                                "--n-train", "32", "--n-eval", "4", "--n-pairs", "4", "--out",
                                 str(tmp_path / "s")))
     assert "context" in line and "base-icl" in line
     assert not (tmp_path / "s" / "ft").exists()            # nothing was trained
@@ -238,3 +239,17 @@ def test_an_interrupted_study_marks_its_tables_partial(tmp_path, monkeypatch):
     record = json.loads((tmp_path / "st" / "study.json").read_text())
     assert record["complete"] is False and record["cells_total"] == 2
     assert "id='partial'" in (tmp_path / "st" / "study.html").read_text()
+
+
+def test_a_full_disk_while_saving_the_model_cache_is_one_line(tmp_path, monkeypatch, tiny):
+    from interp import files, models
+
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda d: type("U", (), {"free": 0})())
+
+    class Full:
+        def save_pretrained(self, path):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos")
+
+    with pytest.raises(DiskFullError, match="no space left on .* while writing the model cache"):
+        models._save_atomically(tmp_path / "cache" / "m", Full(), Full())
+    assert not list((tmp_path / "cache").iterdir())        # no partial cache entry

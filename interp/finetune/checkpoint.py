@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from interp.arch import layers as decoder_layers
-from interp.errors import StaleResultsError, TrainingError
-from interp.files import read_json, save_tensors, write_json
+from interp.errors import DiskFullError, StaleResultsError, TrainingError
+from interp.files import no_space, read_json, save_tensors, write_json
 
 
 def _rng_state() -> dict:
@@ -119,8 +119,15 @@ class Parallel:
         save_tensors(tmp / "trainable.safetensors",
                      {n: v.detach().float() for n, v in state.items() if n in names})
         rng = _rng_state()
-        torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(),
-                    "rng": rng["cpu"], "cuda_rng": rng.get("cuda")}, tmp / "state.pt")
+        try:
+            torch.save({"optimizer": opt_state, "scheduler": scheduler.state_dict(),
+                        "rng": rng["cpu"], "cuda_rng": rng.get("cuda")}, tmp / "state.pt")
+        except Exception as exc:  # noqa: BLE001 - torch reports a full disk as a RuntimeError
+            shutil.rmtree(tmp, ignore_errors=True)
+            if no_space(exc, path.parent):
+                raise DiskFullError(f"no space left on {path.parent} while writing "
+                                    f"{path.name}/state.pt") from exc
+            raise
         write_json(tmp / "progress.json", {"step": step, "fingerprint": key})
         shutil.rmtree(path, ignore_errors=True)
         tmp.rename(path)  # a kill mid-save leaves the previous checkpoint whole
