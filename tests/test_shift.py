@@ -295,3 +295,19 @@ def test_explorer_selects_heads_under_every_condition(quick_run):
     assert not errors, errors
     assert not requests, requests
     assert (out / "report.html").stat().st_size < 15_000_000
+
+
+def test_compare_reproduces_the_runs_results_without_a_model(quick_run, tmp_path):
+    from interp.cli import main
+
+    _, _, out, _ = quick_run
+    assert main(["--quiet", "compare", str(out), "--out", str(tmp_path / "again")]) == 0
+    original = json.loads((out / "results.json").read_text())
+    again = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert again.pop("reanalysis")["from"] == str(out)
+    assert again == original
+    # another margin changes only what depends on it
+    assert main(["--quiet", "compare", str(out), "--margin", "0.2", "--out",
+                 str(tmp_path / "wide")]) == 0
+    wide = json.loads((tmp_path / "wide" / "results.json").read_text())
+    assert wide["equivalence_margin"] == 0.2 and wide["shift"] == original["shift"]
