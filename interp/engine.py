@@ -23,6 +23,7 @@ import torch
 from interp.arch import layers as decoder_layers
 from interp.errors import ContextLengthError, EngineCheckError
 from interp.models import LoadedModel
+from interp.provenance import versions
 
 
 def context_length(model: LoadedModel) -> int | None:
@@ -161,21 +162,16 @@ def _engine_state(model: LoadedModel) -> tuple:
 
 
 def _library_versions() -> tuple[str, str]:
-    from importlib.metadata import PackageNotFoundError, requires, version
+    from importlib.metadata import PackageNotFoundError, requires
 
-    def v(name):
-        try:
-            return version(name)
-        except PackageNotFoundError:
-            return "(none)"
-
+    found = versions()
     try:
         wanted = [r for r in requires("interp") or [] if r.startswith("transformers")]
     except PackageNotFoundError:
         wanted = []
     supported = f"; supported: {wanted[0].replace(' ', '')}" if wanted else ""
-    return (f"with transformers {v('transformers')} and transformer-lens "
-            f"{v('transformer-lens')}", supported)
+    return (f"with transformers {found['transformers']} and transformer-lens "
+            f"{found['transformer-lens']}", supported)
 
 
 def _fail(what: str, diff: float, tol: float) -> None:

@@ -96,7 +96,7 @@ def describe(held: dict) -> str:
             f"{held.get('host', '?')}, started {held.get('started', '?')})")
 
 
-_HELD: set[Path] = set()
+_HELD: set[Path] = set()   # the output locks this process holds
 
 
 def release_outputs(out: str | Path | None = None) -> None:
@@ -124,6 +124,7 @@ def hold_output(out: str | Path) -> None:
                                  and held.get("host") == socket.gethostname()):
         raise ConfigError(f"{out} is in use by {describe(held)}; wait for it to finish, or "
                           f"choose another --out")
-    if not _HELD:
-        atexit.register(release_outputs)
     _HELD.add(path)
+
+
+atexit.register(release_outputs)   # a process that ends keeps no lock

@@ -12,8 +12,10 @@ import contextlib
 import copy
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
+import struct
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any
 
 import torch
 
-from interp.arch import Adapter, adapter, pass_cache_to_bridge, plain_name
+from interp.arch import SUPPORTED, Adapter, adapter, pass_cache_to_bridge, plain_name
 from interp.errors import (
     ConfigError,
     DiskFullError,
@@ -304,10 +306,6 @@ def _looks_like_hub_id(spec: str) -> bool:
 def _check_model_dir(source: Path) -> None:
     """Before loading: a supported model type, and weight files that are whole (a damaged or
     truncated file is named)."""
-    import json
-
-    from interp.arch import SUPPORTED
-
     try:
         config = json.loads((source / "config.json").read_text())
     except (OSError, ValueError) as exc:
@@ -322,9 +320,6 @@ def _check_model_dir(source: Path) -> None:
 
 def _check_safetensors(path: Path) -> None:
     """A safetensors file's header and size agree (a truncated file does not)."""
-    import json
-    import struct
-
     try:
         with open(path, "rb") as fh:
             (n,) = struct.unpack("<Q", fh.read(8))

@@ -50,15 +50,11 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def lock_file() -> Path | None:
-    """The lock this environment should match (CUDA build of torch: the CUDA lock), if the
-    package runs from a checkout that has one."""
-    try:
-        import torch
-
-        cuda = torch.version.cuda is not None
-    except ImportError:
-        cuda = False
+def lock_file(installed: dict[str, str]) -> Path | None:
+    """The lock this environment should match, if the package runs from a checkout that has
+    one: the CUDA lock where a CUDA build of torch brought its ``nvidia-*`` wheels (decided from
+    the installed distributions, so the command line does not import torch for it)."""
+    cuda = any(name.startswith("nvidia-") for name in installed)
     path = REPO / "requirements" / ("lock-cuda.txt" if cuda else "lock-cpu.txt")
     return path if path.is_file() else None
 
@@ -73,10 +69,10 @@ def locked_versions(path: Path) -> dict[str, str]:
 def lock_status() -> dict:
     """The lock file, its sha256, and every pinned distribution whose installed version
     differs (``{name: {"locked", "installed"}}``); warns once per process on a difference."""
-    path = lock_file()
+    installed = installed_distributions()
+    path = lock_file(installed)
     if path is None:
         return {"file": None, "sha256": None, "matches": None, "differences": {}}
-    installed = installed_distributions()
     diff = {name: {"locked": want, "installed": installed.get(name)}
             for name, want in locked_versions(path).items() if installed.get(name) != want}
     if diff and os.environ.get("INTERP_ALLOW_UNLOCKED", "") in ("", "0"):

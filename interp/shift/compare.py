@@ -53,6 +53,8 @@ from interp.shift.estimator import (
     moments,
     population,
     reliability,
+    sample_moments,
+    uniform_weights,
 )
 from interp.shift.verdict import RULES, decide, sentence
 from interp.stats import pearson, resample_weights
@@ -86,14 +88,14 @@ def interval(stat: Stat, **extra) -> dict:
                 "reason": f"undefined in {undefined:.1%} of resamples (more than "
                           f"{UNDEFINED_SHARE:.1%})"}
     dev = boot[torch.isfinite(boot)] - truth
-    between = [p.var() / p.numel() for p in stat.point.values() if p.numel() > 1]
-    if not between:
+    replicated = [p for p in stat.point.values() if p.numel() > 1]
+    if not replicated:
         q = torch.quantile(dev, torch.tensor([0.025, 0.975], dtype=dev.dtype))
         lo, hi = point - float(q[1]), point - float(q[0])
         se = float(dev.std())
     else:
-        parts = [float(v) for v in between]
-        dfs = [p.numel() - 1 for p in stat.point.values() if p.numel() > 1]
+        parts = [float(p.var() / p.numel()) for p in replicated]
+        dfs = [p.numel() - 1 for p in replicated]
         var = float(dev.var()) + sum(parts)
         # Satterthwaite: the pair-resampling part has (practically) infinite degrees of freedom
         spread = sum(v * v / d for v, d in zip(parts, dfs))
@@ -121,7 +123,7 @@ class Comparison:
         y = centred(torch.stack([torch.as_tensor(x) for x in series]))
         self.n, self.N = n_pairs, y.shape[-1]
         self.w = resample_weights(self.N, n_boot, seed)
-        full = moments(y, torch.full((1, self.N), 1.0 / self.N, dtype=torch.float64))
+        full = sample_moments(y)
         self.C, self.V = full.true_cov()[0], full.observed_cov()[0]
         boot = moments(y, self.w)
         self.Cb, self.Vb = boot.true_cov(), boot.observed_cov()
@@ -138,7 +140,7 @@ class Comparison:
                        torch.stack(truth))
 
     def reliability(self, name: str) -> Stat:
-        return self._per_seed(name, lambda C, V, i: reliability(C, V, i))
+        return self._per_seed(name, reliability)
 
     def distance(self, a: str, b: str) -> Stat:
         """1 - disattenuated correlation; replicate r of ``a`` with replicate r of ``b`` (or
@@ -156,8 +158,7 @@ class Comparison:
         and B, so no pair's error enters both sides of a correlation. Pairs i of A and of B are
         resampled together (``w``: n weights)."""
         n, idx_b = self.n, self.index[b]
-        w = torch.cat([torch.full((1, n), 1.0 / n, dtype=torch.float64),
-                       resample_weights(n, self.n_boot, self.seed + 2)])
+        w = torch.cat([uniform_weights(n), resample_weights(n, self.n_boot, self.seed + 2)])
 
         def ranked(i: int, half: int) -> torch.Tensor:      # [B + 1, K] ranks of the maps
             maps = self.y[i, :, half * n:(half + 1) * n] @ w.T
@@ -193,10 +194,9 @@ class Comparison:
             return {"estimate": None, "ci95": None, "reason": "fewer than 2n pairs"}
         stats = []
         w = resample_weights(self.n, self.n_boot, self.seed + 1)
-        full = torch.full((1, self.n), 1.0 / self.n, dtype=torch.float64)
         for i in self.index[name]:
             halves = torch.stack([self.y[i, :, :self.n], self.y[i, :, self.n:2 * self.n]])
-            C, Cb = moments(halves, full).true_cov()[0], moments(halves, w).true_cov()
+            C, Cb = sample_moments(halves).true_cov()[0], moments(halves, w).true_cov()
             Ct, _ = population(halves)
             stats.append((1 - correlation(C, 0, 1), 1 - correlation(Cb, 0, 1),
                           1 - correlation(Ct, 0, 1)))
@@ -403,6 +403,6 @@ def map_distance(x: torch.Tensor, z: torch.Tensor) -> tuple[float, float]:
     """(1 - disattenuated correlation, reliability of ``x``) of two conditions' per-pair
     scores ``[K, N]`` on the same N pairs (point estimates)."""
     y = centred(torch.stack([torch.as_tensor(x), torch.as_tensor(z)]))
-    m = moments(y, torch.full((1, y.shape[-1]), 1.0 / y.shape[-1], dtype=torch.float64))
+    m = sample_moments(y)
     C, V = m.true_cov()[0], m.observed_cov()[0]
     return float(1 - correlation(C, 0, 1)), float(reliability(C, V, 0))

@@ -159,12 +159,12 @@ def queries(config: ShiftConfig) -> dict[str, list[Example]]:
 
 
 def check_fits(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Condition],
-               pair_sets: dict[str, PairSet]) -> None:
-    """Every condition's longest prompt (demonstrations, pair and answer) fits the model's
-    context: checked before any work, so a run is refused, never cut."""
+               pair_sets: dict[str, PairSet], test_queries: dict[str, list[Example]]) -> None:
+    """Every condition's longest prompt (demonstrations, a pair or test query, the answer)
+    fits the model's context: checked before any work, so a run is refused, never cut."""
     longest = max(len(q) for pairs in pair_sets.values() for q in pairs.clean + pairs.corrupt)
     queries_longest = max(len(encode(model.tokenizer, ex.input, first=False))
-                          for qs in queries(config).values() for ex in qs)
+                          for qs in test_queries.values() for ex in qs)
     for cond in conditions:
         prefix = encode(model.tokenizer, prefix_text(config.task, cond.demos), first=True)
         check_length(model, len(prefix) + max(longest, queries_longest) + 8,

@@ -67,11 +67,21 @@ def moments(y: torch.Tensor, w: torch.Tensor) -> Moments:
     return Moments(M, P, N, K)
 
 
+def uniform_weights(n: int) -> torch.Tensor:
+    """The sample itself as a "resample": ``[1, n]`` weights 1/n."""
+    return torch.full((1, n), 1.0 / n, dtype=torch.float64)
+
+
+def sample_moments(y: torch.Tensor) -> Moments:
+    """:func:`moments` of the sample as drawn (one row)."""
+    return moments(y, uniform_weights(y.shape[-1]))
+
+
 def population(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(C, V)`` ``[S, S]`` of the resampled population (the sample itself): the true maps
     are the sample's maps, and a resample of N pairs adds ``P / N`` to their observed
     covariance."""
-    m = moments(y, torch.full((1, y.shape[-1]), 1.0 / y.shape[-1], dtype=torch.float64))
+    m = sample_moments(y)
     C = m.M[0] / (m.K - 1)
     return C, C + m.P[0] / m.N / (m.K - 1)
 

@@ -80,12 +80,12 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     doses = dose_conditions(config, steps)
     pair_sets = {"counterfactual": build_pairs(config, base.tokenizer, 2 * config.n_pairs),
                  "separating": build_pairs(config, base.tokenizer, config.n_pairs, "separating")}
-    check_fits(base, config, [*conditions, *doses], pair_sets)   # before any work
+    qs = queries(config)
+    check_fits(base, config, [*conditions, *doses], pair_sets, qs)   # before any work
     t = time.perf_counter()
     updates, ft_info = train_updates(config, base, out, config.force)
     stages.time("finetune", t)
     runner = ConditionRunner(base, updates, config.task)
-    qs = queries(config)
     acc = stages.json("accuracy", config.accuracy_settings(),
                       lambda: _accuracy(runner, conditions, qs))
     same = _same_as_main(config, doses, steps)
