@@ -29,24 +29,20 @@ def comma_list(kind=str, name: str = "value"):
     return parse
 
 
-def _number(text: str, kind):
-    try:
-        return kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-
-
 #: the largest count any option takes: a larger request would not fit this machine's memory
 MAX_COUNT = 1_000_000
 
 
-def _too_large(value, kind) -> bool:
-    return kind is int and value > MAX_COUNT
-
-
-def _max_message(text: str) -> str:
-    return (f"must be at most {MAX_COUNT:,} (a larger request would not fit in memory), "
-            f"got {text}")
+def _number(text: str, kind):
+    """``text`` as a ``kind``; a count (int) above :data:`MAX_COUNT` is refused."""
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+    if kind is int and value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_COUNT:,} (a larger request would "
+                                         f"not fit in memory), got {text}")
+    return value
 
 
 def at_least(minimum: float, kind=int):
@@ -55,8 +51,6 @@ def at_least(minimum: float, kind=int):
         value = _number(text, kind)
         if value != value or value < minimum:   # NaN or too small
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
-        if _too_large(value, kind):
-            raise argparse.ArgumentTypeError(_max_message(text))
         return value
     parse.__name__ = kind.__name__
     return parse
@@ -68,8 +62,6 @@ def positive(kind=int):
         value = _number(text, kind)
         if value != value or value <= 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        if _too_large(value, kind):
-            raise argparse.ArgumentTypeError(_max_message(text))
         return value
     parse.__name__ = kind.__name__
     return parse

@@ -26,10 +26,10 @@ def dose_points(config: ShiftConfig, conditions: Sequence[Condition], scores: di
     zs_ok = gates["base-zs"][0]
     fraction_of = {step: f for f, step in steps.items()}
     out = {"icl": [], "ft": []}
+    n = config.n_pairs
+    zs_map = flatten(zs_scores)[:, :n]
     for cond in conditions:
-        s = scores[cond.key]["counterfactual"]
-        n = config.n_pairs
-        point, rel = map_distance(flatten(s)[:, :n], flatten(zs_scores)[:, :n])
+        point, rel = map_distance(flatten(scores[cond.key]["counterfactual"])[:, :n], zs_map)
         point = point if zs_ok else None
         method = "icl" if cond.name.startswith("icl@") else "ft"
         sham = SHAMS["base-icl" if method == "icl" else "ft-zs"][0]
