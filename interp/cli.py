@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     except InterpError as exc:
         print(f"interp: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print("interp: error: ran out of memory (reduce the sizes asked; finished stages are "
+              "kept)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interp: interrupted (finished stages are kept; the same command resumes)",
               file=sys.stderr)

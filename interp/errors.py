@@ -48,3 +48,7 @@ class DiskFullError(InterpError):
 
 class ContextLengthError(InterpError):
     """An input is longer than the model's context window (it is refused, never cut)."""
+
+
+class ResourceError(InterpError):
+    """A request would need more memory or time than this machine allows (checked before work)."""

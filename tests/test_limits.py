@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -131,7 +132,6 @@ def test_patch_with_too_many_shots_is_refused_not_cut(tmp_path):
 
 
 def test_a_shift_run_whose_prompts_do_not_fit_is_refused_before_training(tmp_path):
-    import time
 
     began = time.perf_counter()
     line = _one_line_exit_2(run("shift", "--model", TINY, "--task", "boolean", "--shots", "150",
@@ -149,6 +149,77 @@ def test_a_shift_run_whose_prompts_do_not_fit_is_refused_before_training(tmp_pat
 ])
 def test_oversized_requests_are_refused_at_once(args, needle, tmp_path):
     assert needle in _one_line_exit_2(run(*args, cwd=tmp_path))
+
+
+@pytest.mark.parametrize("args,needle", [
+    # within the count limits, beyond the machine: memory (per-pair scores and resamples) ...
+    (["patch", "--model", TINY, "--task", "boolean", "--n", "1000000", "--n-boot", "100000"],
+     "would need about"),
+    # ... and time (lower bounds, against INTERP_MAX_HOURS)
+    (["finetune", "--model", TINY, "--task", "boolean", "--n-train", "1000000", "--epochs",
+      "1000"], "would take at least"),
+    (["shift", "--model", TINY, "--task", "boolean", "--n-pairs", "4096", "--n-train",
+      "1000000", "--epochs", "100"], "would take at least"),
+])
+def test_requests_beyond_the_machine_are_refused_in_seconds(args, needle, tmp_path):
+    began = time.perf_counter()
+    line = _one_line_exit_2(run(*args, "--out", str(tmp_path / "o"), cwd=tmp_path))
+    assert needle in line and ("GiB" in line or " h " in line)
+    assert time.perf_counter() - began < 60
+    assert not [p for p in (tmp_path / "o").rglob("*") if p.is_file()
+                and not p.name.startswith(".interp")]
+
+
+def test_the_time_limit_is_the_users_to_set(tmp_path):
+    args = ["eval", "--model", TINY, "--task", "boolean", "--n", "4", "--shots", "0,2",
+            "--out", str(tmp_path / "e")]
+    line = _one_line_exit_2(run(*args, env={"INTERP_MAX_HOURS": "0.000001"}))
+    assert "would take at least" in line and "INTERP_MAX_HOURS" in line
+    assert "INTERP_MAX_HOURS must be" in _one_line_exit_2(run(*args, env={
+        "INTERP_MAX_HOURS": "soon"}))
+    assert run(*args, env={"INTERP_MAX_HOURS": "0"}).returncode == 0     # 0: no limit
+
+
+def test_budget_rules(monkeypatch):
+    from interp import budget
+    from interp.errors import ResourceError
+
+    monkeypatch.setattr(budget, "available_memory", lambda: 10 * budget.GIB)
+    monkeypatch.setenv("INTERP_MAX_HOURS", "2")
+    assert budget.check(budget.Need("x", 9 * budget.GIB, 7000)).seconds == 7000
+    with pytest.raises(ResourceError, match=r"x would need about 11.0 GiB.*10.0 GiB"):
+        budget.check(budget.Need("x", 11 * budget.GIB))
+    with pytest.raises(ResourceError, match=r"x would take at least 2.1 h.*allows 2.0 h"):
+        budget.check(budget.Need("x", 0, 7500))
+    monkeypatch.setenv("INTERP_MAX_HOURS", "0")
+    budget.check(budget.Need("x", 0, 1e12))
+    total = budget.Need("a", 1, 2) + budget.Need("b", 3, 4)
+    assert (total.what, total.bytes, total.seconds) == ("a", 4, 6)
+
+
+def test_running_out_of_memory_anyway_is_one_line(monkeypatch, capsys):
+    import interp.commands.data as data
+
+    def boom(args):
+        raise MemoryError()
+    monkeypatch.setattr(data, "run", boom)
+    assert main(["data", "--task", "boolean", "--n", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interp: error: ran out of memory")
+
+
+def test_bootstrap_intervals_are_computed_in_bounded_chunks(monkeypatch):
+    import torch
+
+    from interp import stats
+
+    values = torch.randn(7, 5, 24, generator=torch.Generator().manual_seed(1))
+    whole = stats.percentile_ci(stats.bootstrap_means(values, 300, seed=3))
+    monkeypatch.setattr(stats, "CHUNK_BYTES", 8 * 300 * 4)     # 4 rows at a time
+    low, high = stats.bootstrap_ci(values, n_boot=300, seed=3)
+    assert torch.equal(low, whole[0]) and torch.equal(high, whole[1])
+    scaled = stats.bootstrap_ci(values, n_boot=300, seed=3, statistic=lambda m: 2 * m + 1)
+    assert torch.allclose(scaled[0], 2 * whole[0] + 1)
 
 
 def test_sweep_configs_are_checked_whole_before_any_cell(tmp_path):

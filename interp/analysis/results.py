@@ -8,7 +8,7 @@ import torch
 
 from interp.analysis.components import kind
 from interp.results import Result
-from interp.stats import bootstrap_ci, bootstrap_means, percentile_ci
+from interp.stats import bootstrap_ci, bootstrap_means
 
 
 def normalize(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor,
@@ -59,14 +59,11 @@ class PatchResult(Result):
         """Bootstrap interval over pairs of :attr:`mean` (or :attr:`normalized`)."""
         if not normalized:
             return bootstrap_ci(self.scores, level, n_boot, seed)
-        flat = self.scores.reshape(-1, self.n)  # one resample shared by scores and baselines
-        means = bootstrap_means(torch.cat([flat, self.clean[None], self.corrupt[None]]), n_boot,
-                                seed)
-        patched, c, k = means[:-2], means[-2], means[-1]
+        # one resample shared by the scores and the clean/corrupt baselines (same seed)
+        c, k = bootstrap_means(torch.stack([self.clean, self.corrupt]), n_boot, seed)
         denom = torch.where((c - k).abs() < 1e-8, torch.full_like(c, 1e-8), c - k)
-        low, high = percentile_ci((patched - k) / denom, level)
-        shape = self.scores.shape[:-1]
-        return low.reshape(shape), high.reshape(shape)
+        return bootstrap_ci(self.scores, level, n_boot, seed,
+                            statistic=lambda means: (means - k) / denom)
 
     def baselines(self, n_boot: int = 1000, seed: int = 0) -> dict:
         out = {}

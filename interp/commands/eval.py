@@ -63,6 +63,7 @@ def run(args) -> int:
     task_knobs = knobs(args.knob)
     out = check_writable(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
+    _check_budget(model, tasks, args)
     frames, paired = [], []
     for task in tasks:
         result = evaluate(model, task, shots=args.shots, n=args.n, seed=args.seed,
@@ -83,6 +84,26 @@ def run(args) -> int:
     print(f"\nresults in {out}/ (accuracy.csv, paired.csv, eval_<task>.json, "
           "predictions_<task>.jsonl, provenance.json)")
     return 0
+
+
+def _check_budget(model, tasks: list[str], args) -> None:
+    """Refuse (one line) an evaluation beyond the machine's time, from sample queries."""
+    from interp.budget import Need, check, forward_seconds
+    from interp.engine import encode
+    from interp.prompts import choose_demos, prefix_text
+    from interp.tasks import generate
+
+    need = Need(f"evaluating {args.n:,} queries per cell")
+    for task in tasks:
+        query = max(len(encode(model.tokenizer, ex.input, first=False))
+                    for ex in generate(task, 4, seed=args.seed, split="test"))
+        prefix = len(encode(model.tokenizer, prefix_text(task, choose_demos(
+            task, max(args.shots), seed=args.seed, pool_size=args.pool_size)), first=True))
+        items = args.n * 2 * len(args.shots) * len(args.scoring)
+        tokens = items * (query + (prefix if args.no_cache else 0)) + 2 * prefix * len(args.shots)
+        need += Need(need.what, seconds=forward_seconds(model, tokens,
+                                                        forwards=items / args.batch_size))
+    check(need)
 
 
 def vars_of(args) -> dict:

@@ -113,6 +113,18 @@ def _attn_for(device: str | None) -> str:
     return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
 
 
+def _check_budget(model, config, tasks: list[str], n: int, seed: int) -> None:
+    from interp.budget import check
+    from interp.engine import encode
+    from interp.finetune.trainer import training_need
+    from interp.tasks import generate
+
+    tokens = max(len(encode(model.tokenizer, ex.input + " " + ex.target, first=True))
+                 for task in tasks for ex in generate(task, 4, seed=seed, split="train"))
+    check(training_need(model, config, n * len(tasks), tokens,
+                        f"fine-tuning on {n * len(tasks):,} examples of {tokens} tokens"))
+
+
 def _evaluate(model, tasks, args, label: str) -> dict:
     from interp.evaluate import evaluate
 
@@ -172,6 +184,10 @@ def _run(args) -> int:
     out = check_writable(args.out) if main else Path(args.out)
     device = _device(args)
     attn = _attn_for(device)
+    base = None
+    if main and not gd:   # sizes checked against memory and time before any data or training
+        base = load_model(args.model, device=device, dtype=args.dtype, attn_implementation=attn)
+        _check_budget(base, config, tasks, max(sizes), args.seed)
     data = {n: [ex for task in tasks for ex in generate(task, n, seed=args.seed, split="train",
                                                         pattern=True)] for n in sizes}
     if not gd and not args.force:   # a stale run directory stops us before any work
@@ -183,8 +199,9 @@ def _run(args) -> int:
     before = {}
     if not args.no_eval and main:
         print(f"base model {args.model}:")
-        before = _evaluate(load_model(args.model, device=device, dtype=args.dtype,
-                                      attn_implementation=attn), tasks, args, "before")
+        before = _evaluate(base or load_model(args.model, device=device, dtype=args.dtype,
+                                              attn_implementation=attn), tasks, args, "before")
+    del base
     rows = []
     for n in sizes:
         run_dir = out if len(sizes) == 1 else out / f"n{n}"

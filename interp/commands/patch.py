@@ -55,15 +55,41 @@ def _components(names: list[str]) -> list[str]:
     return names
 
 
-def _text_pairs(args, tokenizer) -> list[dict]:
-    from interp.analysis.pairs import read_pairs, task_pairs
+def _text_pairs(args, tokenizer, rows: list[dict] | None = None) -> list[dict]:
+    from interp.analysis.pairs import task_pairs
     from interp.prompts import choose_demos
 
-    if args.pairs:
-        return read_pairs(args.pairs)
+    if rows is not None:
+        return rows
     demos = choose_demos(args.task, args.shots, seed=args.seed)
     return task_pairs(args.task, args.n, seed=args.seed, demos=demos,
                       header=not args.no_header, tokenizer=tokenizer, kind=args.pair_kind)
+
+
+def _check_budget(args, model, components: list[str], rows: list[dict] | None) -> None:
+    """Refuse (one line) a request beyond the machine's memory or time, from two sample pairs."""
+    from argparse import Namespace
+
+    from interp.budget import GIB, Need, check, forward_seconds
+    from interp.engine import encode
+
+    n = len(rows) if rows is not None else args.n
+    sample = rows[:2] if rows is not None else _text_pairs(Namespace(**{**vars(args), "n": 2}),
+                                                         model.tokenizer)
+    T = max(len(encode(model.tokenizer, p[side], first=True)) for p in sample
+            for side in ("clean", "corrupt"))
+    text = max(len(p["clean"]) + len(p["corrupt"]) for p in sample)
+    L, H = model.n_layers, model.n_heads
+    elems = {"heads": L * H, "heads_pos": L * H * T, "resid": L * T, "attn": L, "mlp": L}
+    kept = sum(elems[c] for c in components) + (L * H if args.dla else 0) + L * H * len(args.ablate)
+    activation = args.method == "activation" or args.source_model
+    # per pair: clean and corrupt forwards; attribution adds a backward per component kind,
+    # activation patching at least the final position through half the layers per component
+    tokens = 2 * T + sum(elems[c] * (0.5 if activation else 2 * T) for c in components)
+    need = Need(f"patching {n:,} pairs of {T} tokens",
+                bytes=n * (4 * text + 16 * T + 12 * kept) + 16 * args.n_boot * n + GIB / 4,
+                seconds=forward_seconds(model, n * tokens, forwards=n * (2 + len(components))))
+    check(need)
 
 
 def _by_length(tokens: list[dict], fn):
@@ -116,17 +142,19 @@ def run(args) -> int:
     modes = args.ablate
     if set(modes) - {"zero", "mean"}:
         raise ConfigError(f"--ablate takes zero and/or mean, got {','.join(modes)!r}")
+    rows = None
     if args.task:
         from interp.tasks import get_task
         get_task(args.task)
     else:
-        read_pairs(args.pairs)   # every row checked before the model loads
+        rows = read_pairs(args.pairs)   # every row checked before the model loads
     check_device(args.device)
     out = check_writable(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.dla:
         model.adapter.require("dla")
-    text_pairs = _text_pairs(args, model.tokenizer)
+    _check_budget(args, model, components, rows)
+    text_pairs = _text_pairs(args, model.tokenizer, rows)
     tokens = tokenize_pairs(model, text_pairs)
     from interp.files import dumps
     write_text(out / "pairs.jsonl", "".join(dumps(row, indent=None) + "\n" for row in text_pairs))

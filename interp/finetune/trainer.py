@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp.budget import Need, forward_seconds
 from interp.errors import ConfigError, StaleResultsError, TrainingError
 from interp.files import dumps, fingerprint, read_json, write_json
 from interp.finetune.checkpoint import Parallel
@@ -158,6 +159,23 @@ def answer_loss(net, batch: dict) -> torch.Tensor:
 
 def total_steps(n_batches: int, config: TrainConfig) -> int:
     return config.max_steps or math.ceil(n_batches / config.grad_accum)
+
+
+def training_need(model: LoadedModel, config: TrainConfig, n_examples: int, tokens: int,
+                  what: str) -> Need:
+    """What training ``config`` on ``n_examples`` of about ``tokens`` tokens would need: a lower
+    bound on time (forward and backward: 3 forward-equivalents for full fine-tuning, 2 through
+    LoRA's frozen weights) and the weights, optimiser state and one batch's activations."""
+    per_step = config.batch_size * config.grad_accum
+    batches = math.ceil(n_examples / config.batch_size) * config.epochs
+    examples = total_steps(batches, config) * per_step
+    full = config.method == "full"
+    n_params = sum(p.numel() for p in model.hf.parameters())
+    width = model.hf.config.hidden_size * model.n_layers
+    return Need(what, bytes=4 * n_params * (4 if full else 1.5)
+                + 64 * config.batch_size * tokens * width,
+                seconds=forward_seconds(model, examples * tokens, forwards=examples,
+                                        passes=3 if full else 2))
 
 
 def finished_run(out: str | Path, key: str) -> dict | None:

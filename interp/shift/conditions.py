@@ -17,11 +17,18 @@ import torch
 
 from interp.analysis.metrics import first_answer_token
 from interp.analysis.pairs import pair_sources
+from interp.budget import Need, check, forward_seconds
 from interp.engine import check_length, encode
 from interp.errors import TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, choose_demos, prefix_text, relabel
-from interp.shift.config import CONDITIONS, FT_CONDITIONS, LENGTH_TOLERANCE, ShiftConfig
+from interp.shift.config import (
+    CONDITIONS,
+    FT_CONDITIONS,
+    LENGTH_TOLERANCE,
+    TRAINED,
+    ShiftConfig,
+)
 from interp.tasks import Example, generate
 
 
@@ -165,10 +172,32 @@ def check_fits(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Con
     longest = max(len(q) for pairs in pair_sets.values() for q in pairs.clean + pairs.corrupt)
     queries_longest = max(len(encode(model.tokenizer, ex.input, first=False))
                           for qs in test_queries.values() for ex in qs)
+    tokens = 0
     for cond in conditions:
         prefix = encode(model.tokenizer, prefix_text(config.task, cond.demos), first=True)
         check_length(model, len(prefix) + max(longest, queries_longest) + 8,
                      f"the longest prompt of {cond.key}")
+        tokens += len(prefix) + longest
+    check(run_need(model, config, len(conditions), tokens / len(conditions), queries_longest))
+
+
+def run_need(model: LoadedModel, config: ShiftConfig, n_conditions: int, prompt: float,
+             query: int) -> Need:
+    """A lower bound on a run's time: its fine-tuning runs, each condition's accuracy (pattern and
+    control queries) and attribution maps (clean and corrupt, forward and backward), and the
+    causal tests' patched forwards."""
+    from interp.finetune.trainer import training_need
+    from interp.shift.training import train_config
+
+    what = f"the shift run ({n_conditions} conditions, {config.n_pairs} pairs)"
+    train = training_need(model, train_config(config, 0), config.n_train, query + 4, what)
+    forwards = n_conditions * (2 * config.n_eval + 2 * config.n_pairs)
+    tokens = n_conditions * (2 * config.n_eval * query + 4 * config.n_pairs * prompt)
+    if config.causal:
+        forwards += 6 * config.n_random_sets * config.n_pairs
+        tokens += 6 * config.n_random_sets * config.n_pairs * prompt
+    return Need(what, bytes=train.bytes, seconds=len(TRAINED) * config.ft_seeds * train.seconds
+                + forward_seconds(model, tokens, forwards))
 
 
 def prompt_tokens(model: LoadedModel, config: ShiftConfig, condition: Condition,

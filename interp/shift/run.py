@@ -43,6 +43,7 @@ from interp.shift.reanalyse import nested_scores
 from interp.shift.results import assemble, write_outputs
 from interp.shift.stages import Stages
 from interp.shift.training import dose_steps, train_updates
+from interp.tasks import generate
 
 PAIR_KINDS = ("counterfactual", "separating")
 
@@ -66,6 +67,20 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
         release_outputs(config.out)
 
 
+def _pair_sets(config: ShiftConfig, base: LoadedModel, n_counterfactual: int,
+               n_separating: int) -> dict:
+    return {"counterfactual": build_pairs(config, base.tokenizer, n_counterfactual),
+            "separating": build_pairs(config, base.tokenizer, n_separating, "separating")}
+
+
+def _sample(config: ShiftConfig, base: LoadedModel) -> tuple[dict, dict]:
+    """A few pairs and queries: enough to check the run's sizes before building them all."""
+    qs = {cond: generate(config.task, 4, seed=config.seed, split="test",
+                         pattern=cond == "pattern", **config.knobs)
+          for cond in ("pattern", "control")}
+    return _pair_sets(config, base, 4, 4), qs
+
+
 def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     out = check_writable(config.out)
     started, began = now(), time.perf_counter()
@@ -78,10 +93,10 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     conditions = build_conditions(config, base.tokenizer)
     steps = dose_steps(config)
     doses = dose_conditions(config, steps)
-    pair_sets = {"counterfactual": build_pairs(config, base.tokenizer, 2 * config.n_pairs),
-                 "separating": build_pairs(config, base.tokenizer, config.n_pairs, "separating")}
+    check_fits(base, config, [*conditions, *doses], *_sample(config, base))  # sizes, in seconds
+    pair_sets = _pair_sets(config, base, 2 * config.n_pairs, config.n_pairs)
     qs = queries(config)
-    check_fits(base, config, [*conditions, *doses], pair_sets, qs)   # before any work
+    check_fits(base, config, [*conditions, *doses], pair_sets, qs)   # every prompt, before work
     t = time.perf_counter()
     updates, ft_info = train_updates(config, base, out, config.force)
     stages.time("finetune", t)
