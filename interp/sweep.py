@@ -300,6 +300,7 @@ def run_sweep(sweep: Sweep, out: str | Path | None = None, device: str | None = 
             meta = {"key": cell.key, "host": socket.gethostname(),
                     "seconds": round(time.perf_counter() - began, 2)}
             write_json(out / "cells" / f"{cell.key}.meta.json", meta)
+            write_status(out, grid)
             if tracker is not None:
                 tracker.log({f"cells/{r['kind']}/{r.get('condition', 'shift')}/accuracy":
                              r["accuracy"] for r in rows if "accuracy" in r}, step)
@@ -314,15 +315,27 @@ def done(out: Path, grid: list[Cell]) -> list[Cell]:
     return [c for c in grid if read_json(out / "cells" / f"{c.key}.json") is not None]
 
 
+def write_status(out: Path, grid: list[Cell]) -> list[Cell]:
+    """``status.json``: whether every cell of the grid is written (``complete``), and which are
+    missing; rewritten after each cell, so an interrupted sweep says it is partial."""
+    finished = done(out, grid)
+    keys = {c.key for c in finished}
+    write_json(out / "status.json", {"complete": len(finished) == len(grid),
+                                     "cells_done": len(finished), "cells_total": len(grid),
+                                     "missing": [c.key for c in grid if c.key not in keys]})
+    return finished
+
+
 def combine(out: str | Path, grid: list[Cell]) -> dict[str, Path]:
     """``results.csv`` (accuracy rows), ``shift.csv``, ``cells.csv`` (timings and hosts) and
-    ``figures.html`` from the grid's cell files, once every cell exists."""
+    ``figures.html`` from the grid's cell files, once every cell exists (``status.json`` says
+    whether it does)."""
     import pandas as pd
 
     from interp.plots import write_page
 
     out = Path(out)
-    finished = done(out, grid)
+    finished = write_status(out, grid)
     if len(finished) < len(grid):
         return {"missing": len(grid) - len(finished)}
     rows = [r for c in sorted(grid, key=lambda c: c.key)

@@ -234,6 +234,32 @@ def test_sweep_configs_are_checked_whole_before_any_cell(tmp_path):
                                                     str(tmp_path / "s")))
 
 
+def test_an_interrupted_sweep_says_it_is_partial(tmp_path, monkeypatch):
+    import interp.sweep as sweep
+
+    config = tmp_path / "two.yaml"
+    config.write_text("models: [tiny-random-llama]\ntasks: [boolean, parity]\n"
+                      "eval: {n: 2, shots: [0]}\n")
+    grid = sweep.load_sweep(config)
+    real, calls = sweep.run_cell, []
+
+    def second_interrupted(cell, *args, **kwargs):
+        calls.append(cell.key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(cell, *args, **kwargs)
+    monkeypatch.setattr(sweep, "run_cell", second_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(grid, tmp_path / "s", progress=False)
+    status = json.loads((tmp_path / "s" / "status.json").read_text())
+    assert (status["complete"], status["cells_done"], status["cells_total"]) == (False, 1, 2)
+    assert status["missing"] == [calls[1]] and not (tmp_path / "s" / "results.csv").exists()
+    monkeypatch.setattr(sweep, "run_cell", real)
+    sweep.run_sweep(grid, tmp_path / "s", progress=False)
+    assert json.loads((tmp_path / "s" / "status.json").read_text())["complete"] is True
+    assert (tmp_path / "s" / "results.csv").exists()
+
+
 def test_invalid_utf8_pairs_are_named_with_their_line(tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_bytes(b'{"clean": "a", "corrupt": "b", "answer": " c", "foil": " d"}\n'
