@@ -87,13 +87,8 @@ def choose_lr(template: LoadedModel, demos, method: str, lrs: Sequence[float],
     return best, scores
 
 
-def run_alignment(spec: str, task: str | None = None, demos: int = 32,
-                  methods: Sequence[str] = GD_METHODS, seeds: int = 3, n: int = 32,
-                  lr: float | Sequence[float] = 1e-3, baselines: bool = True,
-                  data: str | None = None, demo_data: str | None = None,
-                  device: str | None = None, progress: bool = True) -> dict:
-    """Rows per (seed, setting): the metrics of FT-by-``method`` against ICL, and the baselines;
-    and the learning rates used (chosen on validation when several are given)."""
+def _check_settings(task, data, methods, demos: int, seeds: int, n: int, lr) -> list[float]:
+    """Every setting of :func:`run_alignment` checked; the learning rates as a list."""
     if task is None and data is None:
         raise ConfigError("give a task or a JSONL file of queries")
     if task is not None and not get_task(task).choices:
@@ -107,6 +102,17 @@ def run_alignment(spec: str, task: str | None = None, demos: int = 32,
     lrs = [lr] if isinstance(lr, (int, float)) else list(lr)
     if not lrs or any(not (x > 0) for x in lrs):
         raise ConfigError(f"learning rates must be positive, got {lrs}")
+    return lrs
+
+
+def run_alignment(spec: str, task: str | None = None, demos: int = 32,
+                  methods: Sequence[str] = GD_METHODS, seeds: int = 3, n: int = 32,
+                  lr: float | Sequence[float] = 1e-3, baselines: bool = True,
+                  data: str | None = None, demo_data: str | None = None,
+                  device: str | None = None, progress: bool = True) -> dict:
+    """Rows per (seed, setting): the metrics of FT-by-``method`` against ICL, and the baselines;
+    and the learning rates used (chosen on validation when several are given)."""
+    lrs = _check_settings(task, data, methods, demos, seeds, n, lr)
     queries = _queries(task, data, n)
     template = load_model(spec, device=device, dtype="float32")   # never bridged: copies
     chosen, sweep = {}, {}

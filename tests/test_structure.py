@@ -1,6 +1,7 @@
 """The shape of the code base: no import cycle among interp modules (imports inside functions
-and under TYPE_CHECKING count), no private name imported across modules, no module over 500
-lines, no tracked file over 1 MB, and a public API a notebook can discover."""
+and under TYPE_CHECKING count), no import against the declared layer order, no private name
+imported across modules, no module over 500 lines and no function over 60, no tracked file over
+1 MB, and a public API a notebook can discover."""
 
 import ast
 import subprocess
@@ -78,6 +79,54 @@ def test_no_import_cycle():
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+#: The one direction of the pipeline (DESIGN.md), lowest first: a module imports only from its
+#: own layer or the layers before it. A name stands for the module and everything below it; the
+#: longest matching name decides a module's layer.
+LAYERS = (
+    ("interp.errors", "interp.version", "interp.stats", "interp.shift.estimator",
+     "interp.shift.verdict", "interp.analysis.metrics", "interp.report.html"),
+    ("interp.files", "interp.locks", "interp.budget", "interp.options", "interp.tracking",
+     "interp.results", "interp.plots"),
+    ("interp.tasks",),
+    ("interp.prompts",),
+    ("interp.arch", "interp.models"),
+    ("interp.provenance", "interp.engine"),
+    ("interp.evaluate", "interp.finetune"),
+    ("interp.analysis",),
+    ("interp.circuits",),
+    ("interp.report.explorer", "interp.report.shift"),
+    ("interp.shift",),
+    ("interp.claims", "interp.align"),
+    ("interp.report",),
+    ("interp.study", "interp.sweep"),
+    ("interp.commands", "interp.cli", "interp.__main__", "interp"),
+)
+
+
+def _layer(module: str) -> int:
+    best = max((name for names in LAYERS for name in names
+                if module == name or module.startswith(name + ".")), key=len)
+    return next(i for i, names in enumerate(LAYERS) if best in names)
+
+
+def test_imports_follow_the_layer_order():
+    against = [f"{m} (layer {_layer(m)}) imports {t} (layer {_layer(t)})"
+               for m, targets in _graph().items() for t in sorted(targets)
+               if _layer(t) > _layer(m) and not m.startswith(t + ".")]  # a package's own parts
+    assert not against, against
+
+
+def test_functions_stay_short():
+    long = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > 60:
+                    long.append(f"{module}.{node.name}: {lines} lines")
+    assert not long, long
 
 
 def test_no_private_name_imported_across_modules():

@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from interp.analysis.attribution import attribution_patch
+from interp.analysis.attribution import attribution_patch, direct_logit_attribution
 from interp.analysis.components import kind as component_kind
-from interp.analysis.metrics import first_answer_token, logit_diff
-from interp.analysis.patching import activation_patch, run_metric
+from interp.analysis.metrics import answer_logprob, first_answer_token, logit_diff
+from interp.analysis.patching import ablate, activation_patch, run_metric
 from interp.analysis.results import PatchResult
 from interp.engine import check_length, length_groups
 from interp.errors import ConfigError, TaskError
@@ -198,3 +198,42 @@ def patch_pairs(model: LoadedModel, pairs: Sequence[dict], component: str = "hea
                        torch.stack([clean_base[i] for i in order]),
                        torch.stack([corrupt_base[i] for i in order]), positions,
                        meta={"ids": [p.get("id", str(i)) for i, p in enumerate(pairs)]})
+
+
+def pair_metric(pairs: Sequence[dict], idx: Sequence[int], metric: str = "logit_diff"):
+    """The metric of tokenised pairs ``idx``: ``logit_diff`` (answer - foil) or ``logprob``."""
+    answers = [pairs[i]["answer_id"] for i in idx]
+    if metric == "logprob":
+        return answer_logprob(answers)
+    if metric != "logit_diff":
+        raise ConfigError(f"metric must be logit_diff or logprob, got {metric!r}")
+    return logit_diff(answers, [pairs[i]["foil_id"] for i in idx])
+
+
+def over_lengths(pairs: Sequence[dict], fn) -> torch.Tensor:
+    """``fn(clean [b, pos], idx)`` (a tensor ``[..., b]``) applied per token length of tokenised
+    ``pairs``; the results ``[..., n_pairs]`` in pair order."""
+    parts, order = [], []
+    for idx in length_groups(pairs).values():
+        parts.append(fn(torch.stack([pairs[i]["clean"] for i in idx]), idx))
+        order.extend(idx)
+    out = torch.cat(parts, dim=-1)
+    return out[..., torch.tensor(order).argsort()]
+
+
+def dla_pairs(model: LoadedModel, pairs: Sequence[dict]) -> torch.Tensor:
+    """Direct logit attribution (answer - foil) of every head on each pair's clean prompt:
+    ``[n_layers, n_heads, n_pairs]``."""
+    return over_lengths(pairs, lambda clean, idx: direct_logit_attribution(
+        model, clean.to(model.device), [pairs[i]["answer_id"] for i in idx],
+        [pairs[i]["foil_id"] for i in idx])["heads"])
+
+
+def ablation_pairs(model: LoadedModel, pairs: Sequence[dict], mode: str = "zero",
+                   metric: str = "logit_diff", chunk: int | None = None) -> torch.Tensor:
+    """Each head's importance on each pair's clean prompt: the metric's drop when the head is
+    ablated (``zero`` or ``mean``): ``[n_layers, n_heads, n_pairs]``."""
+    def drop(clean, idx):
+        clean, m = clean.to(model.device), pair_metric(pairs, idx, metric)
+        return run_metric(model, clean, m) - ablate(model, clean, m, mode, chunk=chunk)
+    return over_lengths(pairs, drop)

@@ -157,27 +157,15 @@ def _leave_group() -> None:
 
 
 def _run(args) -> int:
-    import pandas as pd
-
-    from interp.files import check_writable, now, write_csv, write_json
-    from interp.finetune import GD_METHODS, train, train_gd
+    from interp.files import check_writable, now
     from interp.finetune.trainer import check_run_dir
     from interp.models import check_device, load_model
-    from interp.prompts import choose_demos
     from interp.provenance import write_provenance
-    from interp.tasks import generate, get_task
+    from interp.tasks import generate
     from interp.tracking import start as start_tracker
 
     started = now()
-    gd = args.method in GD_METHODS
-    tasks = ([t.strip() for t in args.task.split(",") if t.strip()] if args.task else
-             list(PAPER_TASKS) if args.preset else ["boolean"])
-    for task in tasks:
-        get_task(task)
-    sizes = args.n_train or ([32] if gd else [400] if args.preset else [256])
-    config = None if gd else build_config(args)
-    if gd and len(tasks) > 1:
-        raise ConfigError(f"{args.method} trains on one task's demonstrations; give one --task")
+    gd, tasks, sizes, config = _plan(args)
     check_device(args.device)
     processes = _processes(args)
     main = processes.is_main_process         # only the main process evaluates and writes
@@ -192,8 +180,7 @@ def _run(args) -> int:
                                                         pattern=True)] for n in sizes}
     if not gd and not args.force:   # a stale run directory stops us before any work
         for n in sizes:
-            check_run_dir(out if len(sizes) == 1 else out / f"n{n}", args.model, data[n],
-                          config)
+            check_run_dir(_run_dir(out, sizes, n), args.model, data[n], config)
     tracker = start_tracker(args.report_to, out, f"finetune-{args.method}",
                             vars(args)) if main else None
     before = {}
@@ -204,30 +191,15 @@ def _run(args) -> int:
     del base
     rows = []
     for n in sizes:
-        run_dir = out if len(sizes) == 1 else out / f"n{n}"
-        model = load_model(args.model, device=device, dtype=args.dtype if not gd else "float32",
-                           attn_implementation=attn)
-        if gd:
-            demos = choose_demos(tasks[0], n, seed=args.seed, pool_size=max(256, n))
-            summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3,
-                               out=run_dir if main else None, progress=not args.quiet)
-        else:
-            summary = train(model, data[n], config, run_dir, progress=not args.quiet,
-                            force=args.force, tracker=tracker)
-            if summary.get("skipped"):     # finished before with these settings: reuse it
-                print(f"{run_dir}/ already holds this fine-tune (same settings and data); "
-                      "nothing redone")
-                model = load_model(str(run_dir), device=device, dtype=args.dtype)
-        if not summary.get("skipped"):
-            print(f"trained {args.method} on {n} examples per task: {summary['steps']} steps "
-                  f"in {summary['seconds']} s -> {run_dir}/")
+        model = _train_size(args, n, tasks[0], data[n], config, _run_dir(out, sizes, n),
+                            device, attn, tracker, main)
         if args.no_eval or not main:
             continue
         if processes.num_processes > 1:   # the trained weights may be sharded: reload
-            model = load_model(str(run_dir), device=device, dtype=args.dtype)
+            model = load_model(str(_run_dir(out, sizes, n)), device=device, dtype=args.dtype)
         after = _evaluate(model, tasks, args, f"after n={n}")
         for task in tasks:
-            after[task]["result"].save(run_dir)
+            after[task]["result"].save(_run_dir(out, sizes, n))
             rows.append({"task": task, "n_train": n, "method": args.method,
                          **{f"before_{c}": before[task][c] for c in ("pattern", "control")},
                          **{f"after_{c}": after[task][c] for c in ("pattern", "control")}})
@@ -235,14 +207,71 @@ def _run(args) -> int:
         tracker.finish()
     if not main:
         return 0
-    if rows:
-        table = pd.DataFrame(rows)
-        write_csv(out / "finetune_accuracy.csv", table)
-        write_json(out / "finetune_accuracy.json",
-                   {"model": args.model, "config": dataclasses.asdict(config) if config else
-                    {"method": args.method, "lr": args.lr or 1e-3}, "rows": rows})
-        print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-        print(f"\nresults in {out}/ (finetune_accuracy.csv, model weights, train_log.jsonl)")
-    write_provenance(out, {k: v for k, v in vars(args).items()}, {"base": args.model},
+    _write_table(args, out, rows, config)
+    write_provenance(out, dict(vars(args)), {"base": args.model},
                      started, processes=processes.num_processes)
     return 0
+
+
+def _plan(args) -> tuple[bool, list[str], list[int], object]:
+    """(layer-causal GD?, tasks, training sizes, TrainConfig or None), checked."""
+    from interp.finetune import GD_METHODS
+    from interp.tasks import get_task
+
+    gd = args.method in GD_METHODS
+    tasks = ([t.strip() for t in args.task.split(",") if t.strip()] if args.task else
+             list(PAPER_TASKS) if args.preset else ["boolean"])
+    for task in tasks:
+        get_task(task)
+    sizes = args.n_train or ([32] if gd else [400] if args.preset else [256])
+    config = None if gd else build_config(args)
+    if gd and len(tasks) > 1:
+        raise ConfigError(f"{args.method} trains on one task's demonstrations; give one --task")
+    return gd, tasks, sizes, config
+
+
+def _run_dir(out: Path, sizes: list[int], n: int) -> Path:
+    return out if len(sizes) == 1 else out / f"n{n}"
+
+
+def _train_size(args, n: int, first_task: str, data, config, run_dir: Path, device, attn,
+                tracker, main: bool):
+    """Train a fresh copy of the base model on ``n`` examples per task (layer-causal GD: on
+    ``n`` demonstrations of ``first_task``); returns it."""
+    from interp.finetune import GD_METHODS, train, train_gd
+    from interp.models import load_model
+    from interp.prompts import choose_demos
+
+    gd = args.method in GD_METHODS
+    model = load_model(args.model, device=device, dtype=args.dtype if not gd else "float32",
+                       attn_implementation=attn)
+    if gd:
+        demos = choose_demos(first_task, n, seed=args.seed, pool_size=max(256, n))
+        summary = train_gd(model, demos, args.method, lr=args.lr or 1e-3,
+                           out=run_dir if main else None, progress=not args.quiet)
+    else:
+        summary = train(model, data, config, run_dir, progress=not args.quiet,
+                        force=args.force, tracker=tracker)
+        if summary.get("skipped"):     # finished before with these settings: reuse it
+            print(f"{run_dir}/ already holds this fine-tune (same settings and data); "
+                  "nothing redone")
+            return load_model(str(run_dir), device=device, dtype=args.dtype)
+    print(f"trained {args.method} on {n} examples per task: {summary['steps']} steps "
+          f"in {summary['seconds']} s -> {run_dir}/")
+    return model
+
+
+def _write_table(args, out: Path, rows: list[dict], config) -> None:
+    import pandas as pd
+
+    from interp.files import write_csv, write_json
+
+    if not rows:
+        return
+    table = pd.DataFrame(rows)
+    write_csv(out / "finetune_accuracy.csv", table)
+    write_json(out / "finetune_accuracy.json",
+               {"model": args.model, "config": dataclasses.asdict(config) if config else
+                {"method": args.method, "lr": args.lr or 1e-3}, "rows": rows})
+    print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nresults in {out}/ (finetune_accuracy.csv, model weights, train_log.jsonl)")

@@ -92,20 +92,6 @@ def _check_budget(args, model, components: list[str], rows: list[dict] | None) -
     check(need)
 
 
-def _by_length(tokens: list[dict], fn):
-    """Apply ``fn(clean [b, pos], idx)`` per token length; results ``[..., b]`` in pair order."""
-    import torch
-
-    from interp.engine import length_groups
-
-    parts, order = [], []
-    for idx in length_groups(tokens).values():
-        parts.append(fn(torch.stack([tokens[i]["clean"] for i in idx]), idx))
-        order.extend(idx)
-    out = torch.cat(parts, dim=-1)
-    return out[..., torch.tensor(order).argsort()]
-
-
 def _heatmap(result, title: str):
     """A PatchResult's normalised effects as a heatmap (heads_pos averaged over heads)."""
     from interp.plots import heatmap
@@ -116,109 +102,114 @@ def _heatmap(result, title: str):
                    x_labels=result.positions if c != "heads" else None, hover="normalised effect")
 
 
-def run(args) -> int:
-    from interp.analysis.metrics import answer_logprob, logit_diff
-    from interp.analysis.pairs import patch_pairs, read_pairs, tokenize_pairs
-    from interp.analysis.patching import ablate, run_metric
-    from interp.files import (
-        check_writable,
-        now,
-        save_tensors,
-        write_json,
-        write_text,
-    )
-    from interp.models import check_device, load_model
-    from interp.plots import heatmap, write_page
-    from interp.provenance import write_provenance
+def _check_args(args) -> list[dict] | None:
+    """Every flag checked before the model loads; the rows of ``--pairs``, if given."""
+    from interp.analysis.pairs import read_pairs
 
-    started = now()
-    components = _components(args.component)
+    _components(args.component)
     if args.source_model:
         if args.method == "attribution":
             raise ConfigError("--source-model runs activation patching; drop --method attribution")
         if args.dla or args.ablate:
             raise ConfigError("--dla and --ablate do not apply to cross-model patching")
     args.method = args.method or ("activation" if args.source_model else "attribution")
-    modes = args.ablate
-    if set(modes) - {"zero", "mean"}:
-        raise ConfigError(f"--ablate takes zero and/or mean, got {','.join(modes)!r}")
-    rows = None
-    if args.task:
-        from interp.tasks import get_task
-        get_task(args.task)
-    else:
-        rows = read_pairs(args.pairs)   # every row checked before the model loads
+    if set(args.ablate) - {"zero", "mean"}:
+        raise ConfigError(f"--ablate takes zero and/or mean, got {','.join(args.ablate)!r}")
+    if args.pairs:
+        return read_pairs(args.pairs)   # every row checked before the model loads
+    from interp.tasks import get_task
+    get_task(args.task)
+    return None
+
+
+def run(args) -> int:
+    from interp.analysis.pairs import pair_metric, tokenize_pairs
+    from interp.files import check_writable, dumps, now, write_text
+    from interp.models import check_device, load_model
+
+    started = now()
+    rows = _check_args(args)
     check_device(args.device)
     out = check_writable(args.out)
     model = load_model(args.model, device=args.device, dtype=args.dtype)
     if args.dla:
         model.adapter.require("dla")
-    _check_budget(args, model, components, rows)
+    _check_budget(args, model, args.component, rows)
     text_pairs = _text_pairs(args, model.tokenizer, rows)
     tokens = tokenize_pairs(model, text_pairs)
-    from interp.files import dumps
     write_text(out / "pairs.jsonl", "".join(dumps(row, indent=None) + "\n" for row in text_pairs))
 
     def metric_for(idx):
-        answers = [tokens[i]["answer_id"] for i in idx]
-        if args.metric == "logprob":
-            return answer_logprob(answers)
-        return logit_diff(answers, [tokens[i]["foil_id"] for i in idx])
+        return pair_metric(tokens, idx, args.metric)
+
+    if args.source_model:
+        return _cross_model(args, model, tokens, args.component, metric_for, out)
+    tensors, summary, figures = _patch(args, model, tokens, metric_for)
+    _head_scores(args, model, tokens, tensors, figures)
+    return _write(args, model, tokens, out, tensors, summary, figures, started)
+
+
+def _patch(args, model, tokens, metric_for) -> tuple[dict, dict, list]:
+    """Each ``--component`` patched over every pair: tensors, summary and heatmaps."""
+    from interp.analysis.pairs import patch_pairs
 
     tensors, summary, figures = {}, {}, []
-    L, H = model.n_layers, model.n_heads
-    if args.source_model:
-        return _cross_model(args, model, tokens, components, metric_for, out)
-    for component in components:
+    for component in args.component:
         start = time.perf_counter()
         result = patch_pairs(model, tokens, component, args.method, args.direction,
                              metric=metric_for, chunk=args.chunk, progress=not args.quiet)
         tensors.update(result.tensors(n_boot=args.n_boot, seed=args.seed))
         summary[component] = {"seconds": round(time.perf_counter() - start, 2),
-                               "shape": list(result.mean.shape), "positions": result.positions,
-                               "top": result.top(10).to_dict("records")}
+                              "shape": list(result.mean.shape), "positions": result.positions,
+                              "top": result.top(10).to_dict("records")}
         summary.setdefault("baselines", result.baselines(args.n_boot, args.seed))
         figures.append(_heatmap(result, f"{component}: normalised {args.method} patching "
                                         f"effect ({args.direction}, n={result.n})"))
-    if args.dla:
-        from interp.analysis.attribution import direct_logit_attribution
+    return tensors, summary, figures
 
-        dla = _by_length(tokens, lambda c, idx: direct_logit_attribution(
-            model, c.to(model.device), [tokens[i]["answer_id"] for i in idx],
-            [tokens[i]["foil_id"] for i in idx])["heads"])
+
+def _head_scores(args, model, tokens, tensors: dict, figures: list) -> None:
+    """``--dla`` and ``--ablate``: per-head scores on the clean prompts, added to ``tensors``."""
+    from interp.analysis.pairs import ablation_pairs, dla_pairs
+    from interp.plots import heatmap
+
+    if args.dla:
+        dla = dla_pairs(model, tokens)
         tensors["dla_heads"], tensors["dla_heads_per_pair"] = dla.mean(-1), dla
         figures.append(heatmap(dla.mean(-1), "direct logit attribution per head (clean prompts)",
                                "head", hover="logit diff"))
-    for mode in modes:
-        def importance(c, idx, mode=mode):
-            c = c.to(model.device)
-            m = metric_for(idx)
-            return run_metric(model, c, m) - ablate(model, c, m, mode, chunk=args.chunk)
-        drop = _by_length(tokens, importance)
+    for mode in args.ablate:
+        drop = ablation_pairs(model, tokens, mode, args.metric, args.chunk)
         tensors[f"ablate_{mode}_heads"] = drop.mean(-1)
         figures.append(heatmap(drop.mean(-1), f"{mode}-ablation importance per head "
                                               "(metric drop on clean prompts)", "head",
                                hover="metric drop"))
+
+
+def _write(args, model, tokens, out: Path, tensors: dict, summary: dict, figures: list,
+           started: str) -> int:
+    from interp.files import save_tensors, write_json
+    from interp.plots import write_page
+    from interp.provenance import write_provenance
+
     save_tensors(out / "scores.safetensors", {k: v.float() for k, v in tensors.items()})
-    summary.update({"model": model.spec, "n_layers": L, "n_heads": H, "n_pairs": len(tokens),
-                    "task": args.task, "pairs_file": args.pairs, "shots": args.shots,
-                    "method": args.method, "direction": args.direction, "metric": args.metric,
-                    "keys": sorted(tensors)})
+    summary.update({"model": model.spec, "n_layers": model.n_layers, "n_heads": model.n_heads,
+                    "n_pairs": len(tokens), "task": args.task, "pairs_file": args.pairs,
+                    "shots": args.shots, "method": args.method, "direction": args.direction,
+                    "metric": args.metric, "keys": sorted(tensors)})
     write_json(out / "summary.json", summary)
-    write_provenance(out, {k: v for k, v in vars(args).items()}, {"model": model},
-                     started)
+    write_provenance(out, dict(vars(args)), {"model": model}, started)
     page = write_page(out / "patching.html", f"Patching: {model.spec}, "
                       f"{args.task or args.pairs}", figures)
     base = summary["baselines"]
     print(f"{len(tokens)} pairs; clean {args.metric} {base['clean']['mean']:.3f}, "
           f"corrupt {base['corrupt']['mean']:.3f}")
-    for component in components:
+    for component in args.component:
         top = summary[component]["top"][:5]
         print(f"{component} ({summary[component]['seconds']} s) largest effects (normalised): " +
               ", ".join(f"{r['component']}: {r['normalized']:.3f}" for r in top))
     print(f"results in {out}/ (scores.safetensors, summary.json, {page.name})")
     return 0
-
 
 
 def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:

@@ -117,17 +117,8 @@ def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
     in its own pass, ``[layer, n_tokens, head, d_head]`` (after any BOS, demonstrations in
     order: the training tokens of Dai et al.'s Kendall measure).
     """
-    if method not in GD_METHODS:
-        raise ConfigError(f"method must be one of {', '.join(GD_METHODS)}, got {method!r}")
-    if model.has_bridge:
-        raise ConfigError("this model has been wrapped in a TransformerBridge; load a fresh copy")
-    if not demos:
-        raise ConfigError("no demonstrations to train on")
     hf = model.hf
-    kv = kv_parameters(hf)
-    if any(p.dtype != torch.float32 for _, p in kv):
-        raise ConfigError(f"{method} needs float32 weights (SGD on {kv[0][1].dtype} rounds small "
-                          "updates away); load the model with dtype float32")
+    kv = _checked_kv(model, demos, method)
     before = [p.detach().clone() for _, p in kv]
     queries: list[list[torch.Tensor]] = [[] for _ in decoder_layers(hf)]
     handles = _query_hooks(model, queries) if record_queries else []
@@ -165,13 +156,34 @@ def train_gd(model: LoadedModel, demos: Sequence[Example], method: str = "lcgd",
     if record_queries:
         summary["queries"] = torch.stack([torch.cat(layer) for layer in queries])
     if out:
-        out = Path(out)
-        save_model(model, out)
-        write_text(out / "train_log.jsonl", "".join(
-            dumps({"step": i, "loss": loss}, indent=None) + "\n"
-            for i, loss in enumerate(losses, 1)))
-        write_json(out / "train_config.json",
-                   {"config": {"method": method, "lr": lr, "demos": [d.id for d in demos]},
-                    "base_model": model.spec,
-                    **{k: v for k, v in summary.items() if k != "losses"}})
+        _save_run(model, Path(out), demos, summary)
     return summary
+
+
+def _checked_kv(model: LoadedModel, demos: Sequence[Example], method: str) -> list:
+    """The key/value parameters ``method`` trains, after checking the model and the demos."""
+    if method not in GD_METHODS:
+        raise ConfigError(f"method must be one of {', '.join(GD_METHODS)}, got {method!r}")
+    if model.has_bridge:
+        raise ConfigError("this model has been wrapped in a TransformerBridge; load a fresh copy")
+    if not demos:
+        raise ConfigError("no demonstrations to train on")
+    kv = kv_parameters(model.hf)
+    if any(p.dtype != torch.float32 for _, p in kv):
+        raise ConfigError(f"{method} needs float32 weights (SGD on {kv[0][1].dtype} rounds small "
+                          "updates away); load the model with dtype float32")
+    return kv
+
+
+def _save_run(model: LoadedModel, out: Path, demos: Sequence[Example], summary: dict) -> None:
+    """The trained model (safetensors), its tokenizer, ``train_log.jsonl`` and
+    ``train_config.json``."""
+    save_model(model, out)
+    write_text(out / "train_log.jsonl", "".join(
+        dumps({"step": i, "loss": loss}, indent=None) + "\n"
+        for i, loss in enumerate(summary["losses"], 1)))
+    write_json(out / "train_config.json",
+               {"config": {"method": summary["method"], "lr": summary["lr"],
+                           "demos": [d.id for d in demos]},
+                "base_model": model.spec,
+                **{k: v for k, v in summary.items() if k not in ("losses", "queries")}})

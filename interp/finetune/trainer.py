@@ -228,153 +228,219 @@ def train(model: LoadedModel, examples: Sequence[Example], config: TrainConfig |
     for full fine-tuning), the last step included whenever any snapshot is asked for.
     ``tracker``: an object with ``log(values, step)`` (see :mod:`interp.tracking`).
     """
-    from accelerate import Accelerator
-    from transformers import get_scheduler
-
     config = config or TrainConfig()
     if not examples:
         raise ConfigError("no training examples")
-    settings = run_settings(model, examples, config)
-    key = fingerprint(settings)
-    out = Path(out) if out else None
-    if out is not None:
-        if force:
-            shutil.rmtree(out / "checkpoint", ignore_errors=True)
-            (out / "train_config.json").unlink(missing_ok=True)
-        done = finished_run(out, key)
-        if done is not None:
-            return {**done, "skipped": True}
-    torch.manual_seed(config.seed)
-    tok = model.tokenizer
-    seqs = [encode_example(tok, ex, config.header, config.loss_on) for ex in examples]
-    cuda = str(model.device).startswith("cuda")
-    bf16 = cuda if config.bf16 is None else config.bf16
-    accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
-    world, rank = accel.num_processes, accel.process_index
-    if config.batch_size % world:
-        raise ConfigError(f"batch size {config.batch_size} is the global batch and must divide "
-                          f"evenly over {world} processes")
-    per_step = config.batch_size * config.grad_accum
-    epochs = config.epochs
-    if config.max_steps:  # enough epochs for max_steps
-        epochs = max(1, math.ceil(config.max_steps * per_step / len(seqs)))
-    plan = batch_plan([len(s.ids) for s in seqs], config.batch_size, epochs, config.seed,
-                      config.group_by_length)
-    steps = total_steps(len(plan), config)
-    if steps * config.grad_accum > len(plan):
-        raise ConfigError(f"{steps} steps need {steps * config.grad_accum} batches; the data "
-                          f"gives {len(plan)}")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-    initial = ({n: p.detach().clone() for n, p in model.hf.named_parameters()}
-               if config.method == "full" and snapshots else None)
-    parallel = Parallel(accel, cuda)
-    net = _trainable(model, config)
-    net.train()
-    net, optimizer = parallel.prepare(net, lambda m: torch.optim.AdamW(
-        [p for p in m.parameters() if p.requires_grad], lr=config.lr,
-        weight_decay=config.weight_decay), model.hf, config.batch_size // world)
-    scheduler = get_scheduler(SCHEDULES[config.schedule], optimizer,
-                              num_warmup_steps=config.warmup_steps, num_training_steps=steps)
-    ckpt = out / "checkpoint" if out else None
-    start = 0
-    if ckpt is not None and (ckpt / "progress.json").is_file():
-        start = parallel.load_checkpoint(ckpt, net, optimizer, scheduler, key)
-    params = [p for p in net.parameters() if p.requires_grad]
-    main = accel.is_main_process
-    log = None
-    if out and main:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path = out / "train_log.jsonl"
-        kept = []
-        if start and log_path.is_file():  # steps after the checkpoint are redone
-            kept = [line for line in log_path.read_text().splitlines()
-                    if line.strip() and _step_of(line) <= start]
-        log = open(log_path, "w")
-        log.writelines(line + "\n" for line in kept)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-    wanted = ({min(max(1, int(s)), steps) for s in snapshots} | {steps}) if snapshots else set()
-    updates: dict[int, dict] = {}
-    bar = tqdm(total=steps, initial=start, desc=f"train {config.method}",
-               disable=not progress or not main)
-    began, tokens, loss_value = time.perf_counter(), 0, float("nan")
+    run = Training(model, examples, config, Path(out) if out else None, snapshots, tracker)
+    done = run.finished(force)
+    if done is not None:
+        return done
+    run.prepare()
+    bar = tqdm(total=run.steps, initial=run.start, desc=f"train {config.method}",
+               disable=not progress or not run.main)
     try:
-        for step in range(start, steps):
-            total = 0.0
-            for micro in range(config.grad_accum):
-                idx = plan[step * config.grad_accum + micro][rank::world]
-                batch = {k: v.to(accel.device) for k, v in
-                         collate([seqs[i] for i in idx], pad).items()}
-                with accel.autocast():
-                    if world == 1:
-                        loss = answer_loss(parallel.unwrap(net), batch) / config.grad_accum
-                    else:  # through the wrapper, so gradients synchronise
-                        loss = net(**batch).loss / config.grad_accum
-                if not torch.isfinite(loss):
-                    where = f"; the last good checkpoint is in {ckpt}" if ckpt else ""
-                    raise TrainingError(f"loss became {loss.item()} at step {step + 1}{where}")
-                accel.backward(loss)
-                total += loss.item()
-                tokens += int(batch["attention_mask"].sum())
-            if config.clip:
-                accel.clip_grad_norm_(params, config.clip)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            loss_value = total
+        for step in range(run.start, run.steps):
+            loss = run.step(step)
+            run.record(step + 1, loss)
             bar.update(1)
-            bar.set_postfix(loss=f"{total:.4f}")
-            if log is not None:
-                log.write(dumps({"step": step + 1, "loss": round(total, 6),
-                                 "lr": scheduler.get_last_lr()[0],
-                                 "seconds": round(time.perf_counter() - began, 2)},
-                                indent=None) + "\n")
-                log.flush()
-            if tracker is not None and main:
-                tracker.log({"train/loss": total, "train/lr": scheduler.get_last_lr()[0]},
-                            step + 1)
-            if step + 1 in wanted:
-                updates[step + 1] = _update(parallel.unwrap(net), config, initial)
-            if ckpt is not None and ((step + 1) % config.checkpoint_every == 0
-                                     or step + 1 == steps):
-                parallel.save_checkpoint(ckpt, net, optimizer, scheduler, step + 1, key)
+            bar.set_postfix(loss=f"{loss:.4f}")
             if on_step is not None:
-                on_step(step + 1, total)
+                on_step(step + 1, loss)
     finally:
         bar.close()
-        if log is not None:
-            log.close()
-    seconds = time.perf_counter() - began
-    # every process takes part in gathering the weights (a collective under FSDP / ZeRO-3)
-    gathered = parallel.full_state(net) if world > 1 and out and save_merged else None
-    net = parallel.unwrap(net)
-    net.eval()
-    if config.method == "lora":
+        run.close_log()
+    return run.finish(save_merged)
+
+
+class Training:
+    """One fine-tuning run, in the shape of Hugging Face's ``Trainer``: :meth:`prepare`
+    (encoding, process group, batch plan, adapter, optimiser, resume, log), :meth:`step` (one
+    optimiser step over ``grad_accum`` micro-batches), :meth:`record` (log, tracker, snapshot,
+    checkpoint) and :meth:`finish` (merge and save). :func:`train` drives it."""
+
+    def __init__(self, model: LoadedModel, examples: Sequence[Example], config: TrainConfig,
+                 out: Path | None, snapshots: Sequence[int] = (), tracker=None):
+        self.model, self.examples, self.config, self.out = model, examples, config, out
+        self.snapshots, self.tracker = snapshots, tracker
+        self.settings = run_settings(model, examples, config)
+        self.key = fingerprint(self.settings)
+        self.ckpt = out / "checkpoint" if out else None
+        self.start, self.main, self.log = 0, True, None
+        self.updates: dict[int, dict] = {}
+        self.tokens, self.loss, self.began = 0, float("nan"), time.perf_counter()
+
+    def finished(self, force: bool) -> dict | None:
+        """The summary of this run finished before (``skipped``), else None; ``force`` forgets
+        any earlier run in ``out``."""
+        if self.out is None:
+            return None
+        if force:
+            shutil.rmtree(self.ckpt, ignore_errors=True)
+            (self.out / "train_config.json").unlink(missing_ok=True)
+        done = finished_run(self.out, self.key)
+        return None if done is None else {**done, "skipped": True}
+
+    def prepare(self) -> None:
+        from accelerate import Accelerator
+
+        config, model = self.config, self.model
+        torch.manual_seed(config.seed)
+        self.seqs = [encode_example(model.tokenizer, ex, config.header, config.loss_on)
+                     for ex in self.examples]
+        cuda = str(model.device).startswith("cuda")
+        bf16 = cuda if config.bf16 is None else config.bf16
+        self.accel = Accelerator(mixed_precision="bf16" if bf16 else "no", cpu=not cuda)
+        self.world, self.rank = self.accel.num_processes, self.accel.process_index
+        self.main = self.accel.is_main_process
+        if config.batch_size % self.world:
+            raise ConfigError(f"batch size {config.batch_size} is the global batch and must "
+                              f"divide evenly over {self.world} processes")
+        self._plan_batches()
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        self.initial = ({n: p.detach().clone() for n, p in model.hf.named_parameters()}
+                        if config.method == "full" and self.snapshots else None)
+        self.parallel = Parallel(self.accel, cuda)
+        self._prepare_optimiser()
+        if self.ckpt is not None and (self.ckpt / "progress.json").is_file():
+            self.start = self.parallel.load_checkpoint(self.ckpt, self.net, self.optimizer,
+                                                       self.scheduler, self.key)
+        self.params = [p for p in self.net.parameters() if p.requires_grad]
+        self._open_log()
+        tok = model.tokenizer
+        self.pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+        self.wanted = ({min(max(1, int(s)), self.steps) for s in self.snapshots} | {self.steps}
+                       if self.snapshots else set())
+        self.began = time.perf_counter()
+
+    def _plan_batches(self) -> None:
+        config = self.config
+        epochs = config.epochs
+        if config.max_steps:  # enough epochs for max_steps
+            per_step = config.batch_size * config.grad_accum
+            epochs = max(1, math.ceil(config.max_steps * per_step / len(self.seqs)))
+        self.plan = batch_plan([len(s.ids) for s in self.seqs], config.batch_size, epochs,
+                               config.seed, config.group_by_length)
+        self.steps = total_steps(len(self.plan), config)
+        if self.steps * config.grad_accum > len(self.plan):
+            raise ConfigError(f"{self.steps} steps need {self.steps * config.grad_accum} "
+                              f"batches; the data gives {len(self.plan)}")
+
+    def _prepare_optimiser(self) -> None:
+        from transformers import get_scheduler
+
+        config = self.config
+        net = _trainable(self.model, config)
+        net.train()
+        self.net, self.optimizer = self.parallel.prepare(net, lambda m: torch.optim.AdamW(
+            [p for p in m.parameters() if p.requires_grad], lr=config.lr,
+            weight_decay=config.weight_decay), self.model.hf, config.batch_size // self.world)
+        self.scheduler = get_scheduler(SCHEDULES[config.schedule], self.optimizer,
+                                       num_warmup_steps=config.warmup_steps,
+                                       num_training_steps=self.steps)
+
+    def _open_log(self) -> None:
+        """``train_log.jsonl``, keeping the lines up to the step resumed from (the steps after
+        the checkpoint are redone)."""
+        if not (self.out and self.main):
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "train_log.jsonl"
+        kept = []
+        if self.start and path.is_file():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and _step_of(line) <= self.start]
+        self.log = open(path, "w")
+        self.log.writelines(line + "\n" for line in kept)
+
+    def step(self, step: int) -> float:
+        """Optimiser step ``step`` (0-based); returns its loss."""
+        config, accel = self.config, self.accel
+        total = 0.0
+        for micro in range(config.grad_accum):
+            idx = self.plan[step * config.grad_accum + micro][self.rank::self.world]
+            batch = {k: v.to(accel.device) for k, v in
+                     collate([self.seqs[i] for i in idx], self.pad).items()}
+            with accel.autocast():
+                if self.world == 1:
+                    loss = answer_loss(self.parallel.unwrap(self.net), batch) / config.grad_accum
+                else:  # through the wrapper, so gradients synchronise
+                    loss = self.net(**batch).loss / config.grad_accum
+            if not torch.isfinite(loss):
+                where = f"; the last good checkpoint is in {self.ckpt}" if self.ckpt else ""
+                raise TrainingError(f"loss became {loss.item()} at step {step + 1}{where}")
+            accel.backward(loss)
+            total += loss.item()
+            self.tokens += int(batch["attention_mask"].sum())
+        if config.clip:
+            accel.clip_grad_norm_(self.params, config.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.loss = total
+        return total
+
+    def record(self, step: int, loss: float) -> None:
+        """After optimiser step ``step`` (1-based): the log line, the tracker, a snapshot of the
+        update when one is wanted, a checkpoint every ``checkpoint_every`` steps and at the end."""
+        lr = self.scheduler.get_last_lr()[0]
+        if self.log is not None:
+            self.log.write(dumps({"step": step, "loss": round(loss, 6), "lr": lr,
+                                  "seconds": round(time.perf_counter() - self.began, 2)},
+                                 indent=None) + "\n")
+            self.log.flush()
+        if self.tracker is not None and self.main:
+            self.tracker.log({"train/loss": loss, "train/lr": lr}, step)
+        if step in self.wanted:
+            self.updates[step] = _update(self.parallel.unwrap(self.net), self.config,
+                                         self.initial)
+        if self.ckpt is not None and (step % self.config.checkpoint_every == 0
+                                      or step == self.steps):
+            self.parallel.save_checkpoint(self.ckpt, self.net, self.optimizer, self.scheduler,
+                                          step, self.key)
+
+    def close_log(self) -> None:
+        if self.log is not None:
+            self.log.close()
+            self.log = None
+
+    def finish(self, save_merged: bool) -> dict:
+        """Merge a LoRA adapter into the weights, save (adapter, merged model, config) and
+        return the summary."""
+        seconds = time.perf_counter() - self.began
+        out, main, model = self.out, self.main, self.model
+        # every process takes part in gathering the weights (a collective under FSDP / ZeRO-3)
+        gathered = (self.parallel.full_state(self.net) if self.world > 1 and out and save_merged
+                    else None)
+        net = self.parallel.unwrap(self.net)
+        net.eval()
+        if self.config.method == "lora":
+            if out and main:
+                net.save_pretrained(out / "adapter")
+            if gathered is not None:    # merged by hand: the wrapped weights may be sharded
+                gathered = merge_lora_state(gathered, net)
+            model.hf = net.merge_and_unload()
+        for p in model.hf.parameters():
+            p.requires_grad_(False)
+        summary = {"method": self.config.method, "steps": self.steps,
+                   "resumed_from": self.start, "examples": len(self.seqs),
+                   "final_loss": self.loss, "seconds": round(seconds, 2),
+                   "tokens_per_s": round(self.tokens / seconds, 1) if seconds > 0 else None,
+                   "processes": self.world}
         if out and main:
-            net.save_pretrained(out / "adapter")
-        if gathered is not None:    # merged by hand: the wrapped weights may be sharded
-            gathered = _merge_lora_state(gathered, net)
-        model.hf = net.merge_and_unload()
-    for p in model.hf.parameters():
-        p.requires_grad_(False)
-    summary = {"method": config.method, "steps": steps, "resumed_from": start,
-               "examples": len(seqs), "final_loss": loss_value, "seconds": round(seconds, 2),
-               "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else None,
-               "processes": world}
-    if out and main:
-        if save_merged:
-            save_model(model, out, gathered)
-        write_json(out / "train_config.json",
-                   {"config": dataclasses.asdict(config), "base_model": model.spec,
-                    **settings, "fingerprint": key, **summary, "finished": True})
-    summary["updates"] = updates
-    return summary
+            if save_merged:
+                save_model(model, out, gathered)
+            write_json(out / "train_config.json",
+                       {"config": dataclasses.asdict(self.config), "base_model": model.spec,
+                        **self.settings, "fingerprint": self.key, **summary, "finished": True})
+        summary["updates"] = self.updates
+        return summary
 
 
 def _step_of(line: str) -> int:
     return int(json.loads(line)["step"])
 
 
-def _merge_lora_state(state: dict, net) -> dict:
+def merge_lora_state(state: dict, net) -> dict:
     """A peft model's gathered state dict with every LoRA update merged into its base weight,
     under the plain model's parameter names."""
     factors = {}

@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from interp.errors import ConfigError
 from interp.files import check_writable, now
 from interp.locks import release_outputs
 from interp.models import LoadedModel, load_model
@@ -88,7 +89,7 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     t = time.perf_counter()
     base = model or load_model(config.model, device=config.device, dtype=config.dtype)
     if base.has_bridge:
-        raise ValueError("run_shift needs the base model before its TransformerBridge is built")
+        raise ConfigError("run_shift needs the base model before its TransformerBridge is built")
     stages.time("load_model", t)
     conditions = build_conditions(config, base.tokenizer)
     steps = dose_steps(config)
@@ -114,18 +115,43 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     scores = nested_scores(stages.tensors(
         "scores", config.scores_settings(),
         lambda: _flat_scores(measure_all(runner, conditions, pair_sets, config.progress))))
-    dose_pairs = {"counterfactual": pair_sets["counterfactual"].subset(range(config.n_pairs))}
-    dose_scores = nested_scores(stages.tensors(
-        "dose", config.dose_settings(),
-        lambda: _flat_scores(measure_all(runner, todo, dose_pairs, config.progress))))
-    n = config.n_pairs
-    for key, main in same.items():   # the full doses are base-icl and ft-zs themselves
-        dose_scores[key] = {"counterfactual": {
-            f: t[..., :n] for f, t in scores[main]["counterfactual"].items()}}
+    dose_scores = _dose_scores(stages, config, runner, todo, same, scores, pair_sets)
     results = assemble(config, conditions, doses, steps, acc, dose_acc, scores, dose_scores,
                        pair_sets, ft_info, base)
     by_name = {c.name: c for c in conditions if c.seed == 0}
     maps = results.pop("_maps")
+    explorer = _optional_stages(stages, config, runner, by_name, maps, scores, pair_sets, qs,
+                                results)
+    results["demo_ids_by_stage"] = _demo_stages(config, by_name)
+    stages.time("total", began)
+    results["timings"] = stages.timings
+    results["reused_stages"] = stages.reused
+    write_outputs(out, config, results, maps, explorer)
+    write_provenance(out, config.to_dict(), {"base": base}, started,
+                     seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
+                            "ft_seeds": config.ft_seeds})
+    return results
+
+
+def _dose_scores(stages: Stages, config: ShiftConfig, runner, todo, same: dict, scores: dict,
+                 pair_sets: dict) -> dict:
+    """Maps of the dose points on the first n counterfactual pairs; the full doses are base-icl
+    and ft-zs themselves (their maps' first n pairs)."""
+    n = config.n_pairs
+    dose_pairs = {"counterfactual": pair_sets["counterfactual"].subset(range(n))}
+    dose_scores = nested_scores(stages.tensors(
+        "dose", config.dose_settings(),
+        lambda: _flat_scores(measure_all(runner, todo, dose_pairs, config.progress))))
+    for key, main in same.items():
+        dose_scores[key] = {"counterfactual": {
+            f: t[..., :n] for f, t in scores[main]["counterfactual"].items()}}
+    return dose_scores
+
+
+def _optional_stages(stages: Stages, config: ShiftConfig, runner, by_name: dict, maps,
+                     scores: dict, pair_sets: dict, qs: dict, results: dict) -> dict | None:
+    """Probes and the explorer (``config.probes``), causal tests (``config.causal``), added to
+    ``results``; returns the explorer's data (None without probes)."""
     explorer = None
     if config.probes:
         results["probes"] = stages.json("probes", config.probes_settings(),
@@ -137,15 +163,7 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     if config.causal:
         results["causal"] = stages.json("causal", config.causal_settings(), lambda: causal_tests(
             runner, config, by_name, scores, pair_sets, qs))
-    results["demo_ids_by_stage"] = _demo_stages(config, by_name)
-    stages.time("total", began)
-    results["timings"] = stages.timings
-    results["reused_stages"] = stages.reused
-    write_outputs(out, config, results, maps, explorer)
-    write_provenance(out, config.to_dict(), {"base": base}, started,
-                     seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
-                            "ft_seeds": config.ft_seeds})
-    return results
+    return explorer
 
 
 def _same_as_main(config: ShiftConfig, doses, steps: dict) -> dict[str, str]:
