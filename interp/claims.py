@@ -25,6 +25,7 @@ import torch
 
 from interp.shift.compare import interval
 from interp.shift.estimator import mean_stat
+from interp.shift.schema import ConditionKey
 from interp.shift.verdict import decide, mdd
 from interp.stats import percentile_ci, resample_weights
 
@@ -90,8 +91,8 @@ def verdict(claim: Claim, estimate: float | None, ci: list | None, moot: bool = 
 
 def _per_seed(results: dict, condition: str, qcond: str) -> torch.Tensor:
     acc = results["per_query"]
-    return torch.tensor([acc[k][qcond] for k in sorted(acc) if k.split("/")[0] == condition],
-                        dtype=torch.float64)
+    return torch.tensor([acc[k][qcond] for k in sorted(acc, key=ConditionKey.parse)
+                         if ConditionKey.parse(k).name == condition], dtype=torch.float64)
 
 
 def accuracy_contrast(results: dict, n_boot: int, seed: int, qconds=("pattern",)) -> dict:

@@ -13,7 +13,7 @@ from interp.analysis.icl_heads import ICLHeads
 from interp.analysis.results import PatchResult
 from interp.circuits import ScoreMap
 from interp.evaluate import AccuracyRow, EvalResult, Prediction
-from interp.shift.results import ShiftResult
+from interp.shift.schema import ShiftResult
 
 NAME = re.compile(r"^(L\d+H\d+|L\d+MLP|L\d+(RESID|ATTN|MLP|H\d+)@-?\d+|.+->.+|"
                   r"(pattern|control)/\d+-shot/\w+/\w+)$")

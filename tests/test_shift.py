@@ -173,6 +173,33 @@ def quick_run(tmp_path_factory):
     return config, results, out, time.perf_counter() - start
 
 
+def test_the_run_reads_back_typed(quick_run):
+    from interp.shift import ConditionKey, Interval, ShiftResult
+
+    config, results, out, _ = quick_run
+    saved = json.loads((out / "results.json").read_text())
+    loaded = ShiftResult.load(out)
+    assert isinstance(results, ShiftResult) and loaded == saved and results == saved
+    assert set(loaded.conditions) == set(CONDITIONS)
+    for name, record in loaded.conditions.items():
+        raw = saved["conditions"][name]
+        assert isinstance(record.gap, Interval) and isinstance(record.reliability, Interval)
+        assert record.gap.estimate == raw["gap"]["estimate"]
+        assert record.reliability.estimate == raw["reliability"]["estimate"]
+        assert list(record.gap.ci95 or []) == list(raw["gap"]["ci95"] or [])
+        assert record.gate_passed == raw["gate"]["passed"]
+    assert loaded.verdict.code == saved["verdict_code"]
+    assert loaded.verdict.rule == saved["verdict_rule"]
+    assert loaded.verdict.effect.estimate == saved["effects"]["icl_minus_ft"]["estimate"]
+    assert loaded.shift["base-icl"].estimate == saved["shift"]["base-icl"]["estimate"]
+    assert torch.equal(loaded.maps["ft-zs"].heads, torch.tensor(saved["maps"]["ft-zs"]["heads"]))
+    assert list(loaded.conditions_frame().condition) == list(saved["conditions"])
+    key = ConditionKey.parse("ft-zs/2@16")
+    assert (key.name, key.seed, key.dose, str(key)) == ("ft-zs", 2, 16, "ft-zs/2@16")
+    assert str(ConditionKey.parse("base-icl/0")) == "base-icl/0"
+    assert sorted(map(ConditionKey.parse, ["a/10", "a/2"]))[0].seed == 2
+
+
 def test_quick_run_writes_every_key_consistently(quick_run):
     config, results, out, _ = quick_run
     for name in ("report.html", "results.json", "accuracy.csv", "conditions.csv", "shift.csv",

@@ -13,6 +13,7 @@ from interp.files import load_tensors, read_json
 from interp.shift.compare import compare_scores
 from interp.shift.config import CONDITIONS, LENGTH_TOLERANCE
 from interp.shift.measure import flatten
+from interp.shift.schema import ConditionKey
 
 #: the results.json keys the comparison writes (besides each condition's summary)
 COMPARISON_KEYS = ("shift", "effects", "effects_secondary", "effects_direct", "sensitivity",
@@ -58,8 +59,8 @@ def nested_scores(flat: dict[str, torch.Tensor]) -> dict:
 
 def _keys_of(scores: dict) -> dict[str, list[str]]:
     keys_of: dict[str, list[str]] = {}
-    for key in sorted(scores, key=lambda k: (k.split("/")[0], int(k.split("/")[1]))):
-        name = key.split("/")[0]
+    for key in sorted(scores, key=ConditionKey.parse):
+        name = ConditionKey.parse(key).name
         if name in CONDITIONS:
             keys_of.setdefault(name, []).append(key)
     return keys_of

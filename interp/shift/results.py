@@ -9,11 +9,9 @@ import pandas as pd
 import torch
 
 from interp.circuits import ScoreMap, distances, layer_shift
-from interp.errors import ConfigError
-from interp.files import read_json, write_csv, write_json
+from interp.files import write_csv, write_json
 from interp.models import LoadedModel
 from interp.report.shift import write_report
-from interp.results import Result
 from interp.shift.compare import compare_scores, condition_summary, interval
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
 from interp.shift.config import CONDITIONS, ShiftConfig
@@ -21,6 +19,7 @@ from interp.shift.dose import dose_points
 from interp.shift.estimator import mean_stat
 from interp.shift.measure import flatten
 from interp.shift.reanalyse import blocked_by_length, comparison_inputs, merge
+from interp.shift.schema import ConditionKey, ShiftResult
 from interp.stats import bootstrap_ci, mcnemar, resample_weights, wilson
 
 
@@ -83,7 +82,8 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
     for name in CONDITIONS:
         c = first[name]
         _, mean_tokens = prompt_tokens(model, config, c, pair_sets["counterfactual"])
-        info = ft_info["runs"].get(c.update.split("@")[0], {}) if c.update else {}
+        run = ConditionKey.parse(c.update) if c.update else None
+        info = ft_info["runs"].get(f"{run.name}/{run.seed}", {}) if run else {}
         cond_out[name] = {
             "accuracy": _accuracy(keys_of[name], acc, config.n_boot, config.seed),
             "mean_prompt_tokens": float(mean_tokens),
@@ -134,55 +134,6 @@ def _paired(acc: dict, keys_of: dict) -> dict:
     a, b = keys_of["base-icl"][0], keys_of["ft-zs"][0]
     return {qcond: {"a": "base-icl", "b": "ft-zs", **mcnemar(acc[a][qcond], acc[b][qcond])}
             for qcond in ("pattern", "control")}
-
-
-class ShiftResult(Result):
-    """The results of a shift run under the result contract: ``to_frame()`` has one row per
-    (condition, component) with the condition's map score as ``value``."""
-
-    file_stem = "shift_result"
-
-    def __init__(self, results: dict):
-        self.results = results
-
-    def to_frame(self):
-        rows = []
-        for cond, m in self.results["maps"].items():
-            smap = ScoreMap(torch.tensor(m["heads"]), torch.tensor(m["mlp"]))
-            frame = smap.to_frame()
-            frame.insert(0, "condition", cond)
-            rows.append(frame)
-        return pd.concat(rows, ignore_index=True)
-
-    def conditions_frame(self):
-        rows = []
-        for cond, v in self.results["conditions"].items():
-            shift = self.results["shift"].get(cond, {})
-            rows.append({"condition": cond,
-                         "pattern_accuracy": v["accuracy"]["pattern"]["estimate"],
-                         "control_accuracy": v["accuracy"]["control"]["estimate"],
-                         "gap": v["gap"]["estimate"], "gap_ci": v["gap"]["ci95"],
-                         "reliability": v["reliability"]["estimate"],
-                         "reliability_ci": v["reliability"]["ci95"],
-                         "gate": v["gate"]["passed"], "shift": shift.get("estimate"),
-                         "shift_ci": shift.get("ci95"),
-                         "noise_floor": v["noise_floor"]["estimate"],
-                         "mean_prompt_tokens": v["mean_prompt_tokens"]})
-        return pd.DataFrame(rows)
-
-    def _meta(self):
-        return {"results": self.results}
-
-    @classmethod
-    def _from(cls, tensors, meta):
-        return cls(meta["results"])
-
-    @classmethod
-    def from_dir(cls, directory: str | Path) -> ShiftResult:
-        data = read_json(Path(directory) / "results.json")
-        if data is None:
-            raise ConfigError(f"no readable results.json in {directory}")
-        return cls(data)
 
 
 def shift_frame(results: dict) -> pd.DataFrame:

@@ -42,6 +42,7 @@ from interp.shift.explore import explorer_data
 from interp.shift.measure import ConditionRunner, accuracy, measure_all
 from interp.shift.reanalyse import nested_scores
 from interp.shift.results import assemble, write_outputs
+from interp.shift.schema import ShiftResult
 from interp.shift.stages import Stages
 from interp.shift.training import dose_steps, train_updates
 from interp.tasks import generate
@@ -58,12 +59,14 @@ def _accuracy(runner: ConditionRunner, conds, qs) -> dict:
     return {c.key: accuracy(runner, c, qs) for c in conds}
 
 
-def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> dict:
-    """Run (or resume) every stage; returns the results dictionary and writes the report.
+def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> ShiftResult:
+    """Run (or resume) every stage and write the report; returns the results, typed
+    (:class:`~interp.shift.schema.ShiftResult`, also a mapping over ``results.json``'s keys).
     ``model``: an already loaded, not yet bridged base model (it is bridged here). The output
     directory is this run's alone while it runs."""
     try:
-        return _run_stages(config, model)
+        _run_stages(config, model)
+        return ShiftResult.load(config.out)     # exactly what results.json holds
     finally:
         release_outputs(config.out)
 
