@@ -6,6 +6,7 @@ Kept free of heavy imports: ``interp --help`` and a usage error must answer at o
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from interp.errors import ConfigError
@@ -101,3 +102,32 @@ def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
+
+
+def add_settings(parser, cls) -> None:
+    """One option per field of dataclass ``cls`` that carries option metadata (``help``,
+    ``flag``, ``argparse``; see :func:`interp.shift.config.setting`), in field order."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if "help" not in meta:
+            continue
+        flag = meta["flag"] or "--" + f.name.replace("_", "-")
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        parser.add_argument(flag, dest=f.name, default=default, help=meta["help"],
+                            **meta["argparse"])
+
+
+def settings_from(args, cls) -> dict:
+    """The values of :func:`add_settings`' options, as ``cls``'s keyword arguments."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if "help" in f.metadata:
+            value = getattr(args, f.name)
+            out[f.name] = tuple(value) if isinstance(f.default, tuple) else value
+    return out
+
+
+def sweep_keys(cls) -> dict[str, type]:
+    """The fields of ``cls`` a sweep config may set, with the type of their values."""
+    return {f.name: f.metadata["kind"] for f in dataclasses.fields(cls)
+            if f.metadata.get("sweep")}

@@ -33,16 +33,13 @@ from tqdm.auto import tqdm
 from interp.errors import ConfigError, MissingDependencyError
 from interp.files import fingerprint, read_json, write_csv, write_json
 from interp.locks import try_lock
-from interp.options import MAX_COUNT
+from interp.options import MAX_COUNT, sweep_keys
 
 SECTIONS = {"name", "models", "tasks", "seeds", "eval", "finetune", "shift", "out"}
 EVAL_KEYS = {"shots", "n", "batch_size"}
 FT_KEYS = {"method", "n_train", "n_eval", "epochs", "lr", "batch_size"}
-SHIFT_KEYS = {"shots", "n_train", "n_pairs", "n_eval", "ft_method", "n_boot", "epochs", "quick",
-              "demo_seeds", "ft_seeds", "causal", "probes"}
 _TYPES = {"n": int, "batch_size": int, "n_eval": int, "epochs": int, "lr": float, "method": str,
-          "n_pairs": int, "n_boot": int, "ft_method": str, "quick": bool, "demo_seeds": int,
-          "ft_seeds": int, "causal": bool, "probes": bool, "shots": int, "n_train": int}
+          "shots": int, "n_train": int}
 
 
 @dataclass
@@ -64,18 +61,20 @@ def _list(value, name: str, kind=str) -> list:
     return value
 
 
-def _section(raw: dict, name: str, keys: set) -> dict | None:
+def _section(raw: dict, name: str, keys: set | dict) -> dict | None:
+    """Section ``name`` of a sweep config, its keys and values checked (``keys``: the allowed
+    keys, or the allowed keys with their value types)."""
     section = raw.get(name)
     if section is None:
         return None
     if not isinstance(section, dict):
         raise ConfigError(f"'{name}' must be a mapping with keys {', '.join(sorted(keys))}")
-    unknown = set(section) - keys
+    unknown = set(section) - set(keys)
     if unknown:
         raise ConfigError(f"unknown key '{sorted(unknown)[0]}' in '{name}' "
                           f"(allowed: {', '.join(sorted(keys))})")
     for key, value in section.items():
-        kind = _TYPES.get(key)
+        kind = (keys if isinstance(keys, dict) else _TYPES).get(key)
         if kind is None:
             continue
         items = enumerate(value) if isinstance(value, list) else [(None, value)]
@@ -136,9 +135,15 @@ def load_sweep(path: str | Path) -> Sweep:
             raise ConfigError("finetune.method must be lora or full")
     sweep = Sweep(name=str(raw.get("name", path.stem)), models=_list(raw["models"], "models"),
                   tasks=tasks, seeds=_list(raw.get("seeds", [0]), "seeds", int), eval=ev,
-                  finetune=ft, shift=_section(raw, "shift", SHIFT_KEYS), out=raw.get("out"))
+                  finetune=ft, shift=_section(raw, "shift", _shift_keys()), out=raw.get("out"))
     _check_shift(sweep)
     return sweep
+
+
+def _shift_keys() -> dict[str, type]:
+    from interp.shift.config import ShiftConfig
+
+    return sweep_keys(ShiftConfig)
 
 
 def _check_shift(sweep: Sweep) -> None:

@@ -186,3 +186,30 @@ def test_cross_model_patch_command(tmp_path):
     assert torch.allclose(scores["source_into_model/heads_per_pair"], ref.scores, atol=1e-5)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"] == str(tmp_path / "ft") and (out / "patching.html").is_file()
+
+
+def test_shift_options_and_sweep_keys_come_from_the_config_fields():
+    import argparse
+    from dataclasses import dataclass, fields
+
+    from interp.cli import build_parser
+    from interp.commands.shift import config_from
+    from interp.options import add_settings, sweep_keys
+    from interp.shift.config import ShiftConfig, setting
+
+    options = [f for f in fields(ShiftConfig) if "help" in f.metadata]
+    config = config_from(build_parser().parse_args(["shift", "--n-pairs", "8", "--no-probes",
+                                                    "--dose-shots", "1,3"]))
+    assert (config.n_pairs, config.probes, config.dose_shots) == (8, False, (1, 3, 4))
+    untouched = {f.name: f.default for f in options} | {"n_pairs": 8, "probes": False}
+    assert {k: getattr(config, k) for k in untouched if k != "dose_shots"} == {
+        k: v for k, v in untouched.items() if k != "dose_shots"}
+    assert set(sweep_keys(ShiftConfig)) == {f.name for f in options if f.metadata["sweep"]}
+
+    @dataclass
+    class Extended(ShiftConfig):       # an option added in one place: its field
+        extra: int = setting(3, "an option added in one place", type=int)
+
+    parser = argparse.ArgumentParser()
+    add_settings(parser, Extended)
+    assert parser.parse_args(["--extra", "5"]).extra == 5 and sweep_keys(Extended)["extra"] is int

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from interp.errors import ConfigError
+from interp.options import at_least, comma_list, positive
 from interp.tasks import get_task
 
 ICL_CONDITIONS = ("base-icl", "base-icl-other-task", "base-icl-shuffled")
@@ -44,33 +45,55 @@ LIMITS = {"n_pairs": 4096, "n_eval": 100_000, "n_train": 1_000_000, "n_boot": 10
           "epochs": 1000}
 
 
+def setting(default, help: str, *, flag: str | None = None, sweep: bool = True, kind=int,
+            **argparse):
+    """A :class:`ShiftConfig` field that is also an option: ``interp shift``'s flag (``flag``,
+    else ``--name-with-dashes``, parsed with ``argparse``'s keywords) and, with ``sweep``, a key
+    of a sweep config's ``shift:`` section (values of type ``kind``). Adding an option is adding
+    a field here."""
+    return field(default=default, metadata={"help": help, "flag": flag, "sweep": sweep,
+                                            "kind": kind, "argparse": argparse})
+
+
 @dataclass
 class ShiftConfig:
     model: str = "smollm2-135m"
-    task: str = "boolean"
-    shots: int = 4
-    n_train: int = 128
-    ft_method: str = "lora"
-    epochs: int = 1
-    lr: float | None = None
-    n_eval: int = 64
-    n_pairs: int = 16
-    dose_shots: tuple[int, ...] = (1, 2, 4, 8)
-    demo_seeds: int = 1
-    ft_seeds: int = 1
-    n_boot: int = 500
+    task: str = setting("boolean", "task family", sweep=False, kind=str)
+    shots: int = setting(4, "demonstrations for base-icl", type=positive())
+    n_train: int = setting(128, "fine-tuning samples for ft-zs (and each fine-tuning sham)",
+                           type=positive())
+    ft_method: str = setting("lora", "fine-tuning method", kind=str, choices=("lora", "full"))
+    epochs: int = setting(1, "fine-tuning epochs", type=positive())
+    lr: float | None = setting(None, "fine-tuning learning rate (default: the method's)",
+                               kind=float, type=positive(float))
+    n_eval: int = setting(64, "test queries per accuracy cell", type=positive())
+    n_pairs: int = setting(16, "counterfactual pairs per map (twice as many are scored: the "
+                               "second half measures the noise floor)", type=at_least(4))
+    dose_shots: tuple[int, ...] = setting(
+        (1, 2, 4, 8), "ICL doses for the dose-response (base-icl's shots always included)",
+        type=comma_list(int, "shot count"))
+    demo_seeds: int = setting(1, "demonstration sets (hierarchical bootstrap when > 1)",
+                              type=positive())
+    ft_seeds: int = setting(1, "fine-tuning seeds (hierarchical bootstrap when > 1)",
+                            type=positive())
+    n_boot: int = setting(500, "bootstrap resamples", type=positive())
     n_splits: int = 20
-    margin: float = EQUIVALENCE_MARGIN
+    margin: float = setting(EQUIVALENCE_MARGIN, "equivalence margin of the verdict (distance "
+                                                "units)", kind=float, type=at_least(0.0, float))
     ks: tuple[int, ...] = (5, 10, 20)
-    seed: int = 0
-    probes: bool = True
-    causal: bool = False
+    seed: int = setting(0, "seed of every random choice", sweep=False, type=int)
+    probes: bool = setting(True, "skip faithfulness, logit lens, attention views and ICL heads",
+                           flag="--no-probes", kind=bool, action="store_false")
+    causal: bool = setting(False, "also necessity / sufficiency tests of the most shifted "
+                                  "components", kind=bool, action="store_true")
     n_random_sets: int = 50
     device: str | None = None
     dtype: str | None = None
-    out: str = "runs/shift"
-    quick: bool = False
-    force: bool = False
+    out: str = setting("runs/shift", "output directory (resumable)", sweep=False, kind=str)
+    quick: bool = setting(False, "smallest settings that still run every stage (smoke test)",
+                          kind=bool, action="store_true")
+    force: bool = setting(False, "recompute stages computed with other settings instead of "
+                                 "stopping", sweep=False, kind=bool, action="store_true")
     progress: bool = True
     knobs: dict = field(default_factory=dict)
 
