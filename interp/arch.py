@@ -10,6 +10,10 @@ resolved by :func:`resolve`).
 
 An operation a model type cannot do raises :class:`~interp.errors.UnsupportedError` with one
 line naming the model type and the capability.
+
+If you add a model type: one :class:`Adapter` entry in this file (its module paths and
+capabilities; ``SUPPORTED`` is derived from the entries), and a seeded tiny config in
+``tests/archs.py`` (the architecture tests then cover it against TransformerLens).
 """
 
 from __future__ import annotations

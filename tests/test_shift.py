@@ -338,3 +338,16 @@ def test_compare_reproduces_the_runs_results_without_a_model(quick_run, tmp_path
                  str(tmp_path / "wide")]) == 0
     wide = json.loads((tmp_path / "wide" / "results.json").read_text())
     assert wide["equivalence_margin"] == 0.2 and wide["shift"] == original["shift"]
+
+
+def test_a_family_without_an_other_task_partner_is_a_task_error(monkeypatch):
+    from interp.errors import TaskError
+    from interp.tasks import base
+
+    class Lonely(type(base.REGISTRY["boolean"])):
+        name = "lonely"
+        other_task = None
+    monkeypatch.setitem(base.REGISTRY, "lonely", Lonely())
+    with pytest.raises(TaskError, match="'lonely' declares no other_task"):
+        ShiftConfig(model="tiny-random-llama", task="lonely")
+    assert ShiftConfig(model="tiny-random-llama", task="parity").other_task == "boolean"

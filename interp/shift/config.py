@@ -18,9 +18,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from interp.errors import ConfigError
+from interp.errors import ConfigError, TaskError
 from interp.options import at_least, comma_list, positive
-from interp.tasks import get_task
+from interp.tasks import TASKS, get_task
 
 ICL_CONDITIONS = ("base-icl", "base-icl-other-task", "base-icl-shuffled")
 FT_CONDITIONS = ("ft-zs", "ft-other-task", "ft-shuffled", "ft-random-delta")
@@ -29,11 +29,10 @@ TRAINED = ("ft-zs", "ft-other-task", "ft-shuffled")     # conditions with a fine
 #: each real condition's shams: (primary, secondary, fallback when the secondary is undefined)
 SHAMS = {"base-icl": ("base-icl-other-task", "base-icl-shuffled", None),
          "ft-zs": ("ft-other-task", "ft-shuffled", "ft-random-delta")}
-#: the family whose demonstrations / training data the other-task shams use (same answer set
-#: where one exists: boolean <-> relation share True/False, expression <-> code share numbers;
-#: parity's even/odd has no partner, so it borrows boolean's)
-OTHER_TASK = {"boolean": "relation", "relation": "boolean", "parity": "boolean",
-              "expression": "code", "code": "expression"}
+#: each family's other-task partner (declared on the family: ``TaskFamily.other_task``; same
+#: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
+#: numbers; parity's even/odd has no partner, so it borrows boolean's)
+OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 LENGTH_TOLERANCE = 0.25        # shams' prompts within 25 % of base-icl's length
 GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must lie above this
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
@@ -43,6 +42,17 @@ DOSE_FRACTIONS = (0.25, 0.5, 1.0)
 LIMITS = {"n_pairs": 4096, "n_eval": 100_000, "n_train": 1_000_000, "n_boot": 100_000,
           "shots": 512, "demo_seeds": 100, "ft_seeds": 100, "n_random_sets": 10_000,
           "epochs": 1000}
+
+
+def other_task_of(task: str) -> str:
+    """The family whose data the other-task shams of ``task`` use (a :class:`TaskError` when
+    the family declares none)."""
+    partner = get_task(task).other_task
+    if partner is None:
+        raise TaskError(f"task {task!r} declares no other_task, so its other-task shams cannot be "
+                        "built; set other_task on its family (a family with the same answers)")
+    get_task(partner)
+    return partner
 
 
 def setting(default, help: str, *, flag: str | None = None, sweep: bool = True, kind=int,
@@ -100,6 +110,7 @@ class ShiftConfig:
     def __post_init__(self):
         family = get_task(self.task)
         family.resolve_knobs(self.knobs)
+        other_task_of(self.task)        # the other-task shams need a partner family
         if self.quick:
             self.shots, self.n_train, self.n_eval = min(self.shots, 2), 32, 8
             self.n_pairs, self.n_boot, self.epochs, self.ks = 6, 100, 1, (3, 5)
@@ -129,7 +140,7 @@ class ShiftConfig:
 
     @property
     def other_task(self) -> str:
-        return OTHER_TASK[self.task]
+        return other_task_of(self.task)
 
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}

@@ -11,6 +11,11 @@ A family knows three things beyond how to draw an example (see :class:`TaskFamil
 - a **separating edit** (``separating``): a same-length edit on which they disagree (the rule's
   answer changes and the shortcut's does not), so a score map on such pairs shows which
   strategy a model uses.
+
+If you add a task family: one file in ``interp/tasks/`` with a :class:`TaskFamily` subclass
+(``name``, ``header``, ``choices``, ``other_task`` for the shift experiment's other-task shams,
+``draw``, ``shortcuts``, ``counterfactual``, ``separating``) registered with :func:`register`,
+and its import in ``interp/tasks/__init__.py``; the task tests run every registered family.
 """
 
 from __future__ import annotations
@@ -100,6 +105,9 @@ class TaskFamily:
     measurable_knobs: dict = {}
     #: which items the separating edit applies to (True: pattern items, False: control items)
     separating_on_pattern: bool = True
+    #: the family whose demonstrations and training data the other-task shams use: one with the
+    #: same answer set where one exists (None: the family takes no part in shift experiments)
+    other_task: str | None = None
 
     def draw(self, rng: random.Random, pattern: bool, label, **knobs) -> tuple[str, str, dict]:
         raise NotImplementedError

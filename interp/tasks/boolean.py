@@ -63,6 +63,7 @@ def _text(expression: str) -> str:
 
 class Boolean(TaskFamily):
     name = "boolean"
+    other_task = "relation"
     header = HEADER
     choices = ("False", "True")
     max_new_tokens = 2

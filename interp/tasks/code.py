@@ -62,6 +62,7 @@ def _apply(x: int, op: str, k: int) -> int:
 
 class Code(TaskFamily):
     name = "code"
+    other_task = "expression"
     header = HEADER
     max_new_tokens = 5
     knobs = dict(x_max=9, k_max=9, ops=("+", "-"))

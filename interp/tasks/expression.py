@@ -30,6 +30,7 @@ def _nonzero(rng: random.Random, bound: int) -> int:
 
 class Expression(TaskFamily):
     name = "expression"
+    other_task = "code"
     header = HEADER
     answer_sep = ""
     max_new_tokens = 5

@@ -30,6 +30,7 @@ def _label(bits) -> str:
 
 class Parity(TaskFamily):
     name = "parity"
+    other_task = "boolean"
     header = HEADER
     choices = ("even", "odd")
     max_new_tokens = 2

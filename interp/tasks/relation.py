@@ -40,6 +40,7 @@ def _rename(edges, mapping: dict[str, str]) -> list[list[str]]:
 
 class Relation(TaskFamily):
     name = "relation"
+    other_task = "boolean"
     header = HEADER
     choices = ("False", "True")
     max_new_tokens = 2
