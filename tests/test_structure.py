@@ -86,7 +86,8 @@ def test_no_import_cycle():
 #: longest matching name decides a module's layer.
 LAYERS = (
     ("interp.errors", "interp.version", "interp.stats", "interp.shift.estimator",
-     "interp.shift.verdict", "interp.analysis.metrics", "interp.report.html"),
+     "interp.shift.verdict", "interp.shift.table", "interp.analysis.metrics",
+     "interp.report.html"),
     ("interp.files", "interp.locks", "interp.budget", "interp.options", "interp.tracking",
      "interp.results", "interp.plots"),
     ("interp.tasks",),

@@ -18,26 +18,28 @@ from interp.plots import heatmap
 from interp.report.explorer import explorer_html
 from interp.report.html import circuitsvis_bundle, esc, num, page, table, views_html, with_ci
 
-COLOURS = {"base-zs": "#636efa", "base-icl": "#ef553b", "ft-zs": "#00cc96",
-           "base-icl-other-task": "#f4a582", "base-icl-shuffled": "#fddbc7",
-           "ft-other-task": "#92c5de", "ft-shuffled": "#d1e5f0", "ft-random-delta": "#999999"}
-
-READING = [
-    ("base-icl-other-task", "ICL changes the input: a longer prompt of demonstrations at matched "
-     "length, but of another task, removes what any long prompt does to the circuit."),
-    ("base-icl-shuffled", "The same demonstrations with half the answers wrong keep the inputs "
-     "and remove most of the task information in the labels."),
-    ("ft-other-task", "Fine-tuning changes the weights: the same recipe on another task removes "
-     "what any fine-tuning of this size does to the circuit."),
-    ("ft-shuffled", "Fine-tuning on shuffled labels keeps the data's inputs and removes its "
-     "answers (it may erase the behaviour; then its gate fails)."),
-    ("ft-random-delta", "A random update with the fine-tuned model's per-matrix norms: the pure "
-     "effect of moving the weights that far; always defined."),
+#: readings beyond the conditions' own (``shift/table.py``)
+_GUIDE = [
     ("gates", "Conditions without a measurable behaviour (gap interval not above 0) or without a "
      "reliable map (reliability below 0.7) have no circuit to compare."),
     ("noise floor", "The same estimator between two disjoint sets of n pairs of one condition: "
      "the null band of a shift at this sample size."),
 ]
+
+
+def colours() -> dict[str, str]:
+    """Each condition's colour, from the condition table (imported late: ``interp.shift``
+    renders its report through this module)."""
+    from interp.shift.table import TABLE
+
+    return {spec.name: spec.colour for spec in TABLE}
+
+
+def reading() -> list[tuple[str, str]]:
+    """The report's reading guide: what each sham removes, then the gates and the noise floor."""
+    from interp.shift.table import TABLE
+
+    return [(spec.name, spec.reading) for spec in TABLE if spec.reading] + _GUIDE
 
 
 def _conditions_table(results: dict) -> str:
@@ -77,8 +79,9 @@ def _dose_figure(results: dict):
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    for method, colour, key in (("icl", COLOURS["base-icl"], "shots"),
-                                ("ft", COLOURS["ft-zs"], "step")):
+    colour_of = colours()
+    for method, colour, key in (("icl", colour_of["base-icl"], "shots"),
+                                ("ft", colour_of["ft-zs"], "step")):
         points = [p for p in results["dose_response"][method] if p.get("shift") is not None]
         fig.add_trace(go.Scatter(
             x=[p["accuracy_gain"] for p in points], y=[p["shift"] for p in points],
@@ -96,6 +99,7 @@ def _dose_figure(results: dict):
 def _figures(results: dict, maps: dict[str, ScoreMap]) -> list:
     import plotly.graph_objects as go
 
+    colour_of = colours()
     figs = [("Dose-response", _dose_figure(results))]
     for cond in ("base-zs", "base-icl", "ft-zs"):
         fig = heatmap(maps[cond].heads, f"{cond}: effect per head (logit units)")
@@ -105,14 +109,14 @@ def _figures(results: dict, maps: dict[str, ScoreMap]) -> list:
         figs.append((f"Difference: {name}", heatmap(
             maps[cond].heads - maps["base-zs"].heads, f"{name}: change of head scores",
             hover="change")))
-    mlp = go.Figure([go.Bar(name=c, y=m.mlp.tolist(), marker_color=COLOURS.get(c))
+    mlp = go.Figure([go.Bar(name=c, y=m.mlp.tolist(), marker_color=colour_of.get(c))
                      for c, m in maps.items()])
     mlp.update_layout(title="MLP scores per layer", xaxis_title="layer", barmode="group",
                       yaxis_title="effect (logits)", height=380)
     figs.append(("MLP scores", mlp))
     shift = results["per_layer_shift"]
-    bars = go.Figure([go.Bar(name="ICL", y=shift["icl"], marker_color=COLOURS["base-icl"]),
-                      go.Bar(name="FT", y=shift["ft"], marker_color=COLOURS["ft-zs"])])
+    bars = go.Figure([go.Bar(name="ICL", y=shift["icl"], marker_color=colour_of["base-icl"]),
+                      go.Bar(name="FT", y=shift["ft"], marker_color=colour_of["ft-zs"])])
     bars.update_layout(title="Per-layer L1 change of scores against base-zs", barmode="group",
                        xaxis_title="layer", yaxis_title="L1", height=360)
     figs.append(("Per-layer change", bars))
@@ -129,7 +133,7 @@ def _figures(results: dict, maps: dict[str, ScoreMap]) -> list:
         figs.append(("Faithfulness", faith))
     for short, curves in (probes.get("logit_lens") or {}).items():
         lens = go.Figure([go.Scatter(y=v, mode="lines+markers", name=c,
-                                     line={"color": COLOURS.get(c)}) for c, v in curves.items()])
+                                     line={"color": colour_of.get(c)}) for c, v in curves.items()])
         lens.add_hline(y=0, line_dash="dash")
         lens.update_layout(title=f"Logit lens on control queries, shortcut '{short}': "
                                  "log-rank(shortcut) - log-rank(computed); below 0 = favours it",
@@ -189,7 +193,7 @@ def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap],
         "<h2>Conditions</h2>", _conditions_table(results),
         "<h2>Effects against shams</h2>", _effects_table(results),
         "<h2>How to read a verdict</h2><ul>" + "".join(
-            f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in READING) + "</ul>",
+            f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in reading()) + "</ul>",
         _separating_table(results),
         _icl_heads_panel((results.get("probes") or {}).get("icl_heads"))]
     scripts = []

@@ -22,13 +22,8 @@ from interp.engine import check_length, encode
 from interp.errors import TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, choose_demos, prefix_text, relabel
-from interp.shift.config import (
-    CONDITIONS,
-    FT_CONDITIONS,
-    LENGTH_TOLERANCE,
-    TRAINED,
-    ShiftConfig,
-)
+from interp.shift.config import CONDITIONS, LENGTH_TOLERANCE, TRAINED, ShiftConfig
+from interp.shift.table import TABLE
 from interp.tasks import Example, generate
 
 
@@ -73,25 +68,40 @@ def matched_other_demos(config: ShiftConfig, tokenizer, target_tokens: int, seed
     return best, best_ratio
 
 
+def _icl_real(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
+    return Condition("base-icl", s, demos, label_agreement=1.0, length_ratio=1.0)
+
+
+def _icl_other_task(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
+    other, ratio = matched_other_demos(config, tokenizer, target, config.seed + s)
+    return Condition("base-icl-other-task", s, other, other_task=config.other_task,
+                     length_ratio=ratio)
+
+
+def _icl_shuffled(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
+    wrong, agreement = relabel(demos, seed=config.seed + s)
+    return Condition("base-icl-shuffled", s, wrong, label_agreement=agreement,
+                     length_ratio=_prefix_tokens(config, tokenizer, wrong) / target)
+
+
+#: how each ICL condition of the table is built from base-icl's demonstrations of one seed
+#: (``target``: their prefix length in tokens)
+ICL_BUILDERS = {"base-icl": _icl_real, "base-icl-other-task": _icl_other_task,
+                "base-icl-shuffled": _icl_shuffled}
+
+
 def build_conditions(config: ShiftConfig, tokenizer) -> list[Condition]:
-    """Every (condition, replicate) of the run."""
-    out = [Condition("base-zs")]
+    """Every (condition, replicate) of the run, in the table's order."""
+    out = [Condition(spec.name) for spec in TABLE if spec.arm == "base"]
     for s in range(config.demo_seeds):
         demos = choose_demos(config.task, config.shots, seed=config.seed + s, **config.knobs)
         target = _prefix_tokens(config, tokenizer, demos)
-        other, ratio = matched_other_demos(config, tokenizer, target, config.seed + s)
-        wrong, agreement = relabel(demos, seed=config.seed + s)
-        shuffled_ratio = _prefix_tokens(config, tokenizer, wrong) / target
-        out += [Condition("base-icl", s, demos, label_agreement=1.0, length_ratio=1.0),
-                Condition("base-icl-other-task", s, other, other_task=config.other_task,
-                          length_ratio=ratio),
-                Condition("base-icl-shuffled", s, wrong, label_agreement=agreement,
-                          length_ratio=shuffled_ratio)]
+        out += [ICL_BUILDERS[spec.name](config, tokenizer, demos, target, s)
+                for spec in TABLE if spec.arm == "icl"]
     for s in range(config.ft_seeds):
-        for name in FT_CONDITIONS:
-            out.append(Condition(name, s, update=f"{name}/{s}",
-                                 other_task=config.other_task if name == "ft-other-task"
-                                 else None))
+        out += [Condition(spec.name, s, update=f"{spec.name}/{s}",
+                          other_task=config.other_task if spec.other_task else None)
+                for spec in TABLE if spec.arm == "ft"]
     order = {c: i for i, c in enumerate(CONDITIONS)}
     return sorted(out, key=lambda c: (order[c.name], c.seed))
 

@@ -1,7 +1,7 @@
 """Settings of the circuit-shift experiment and the names it uses.
 
-Conditions (keys of ``results.json["conditions"]``), all scored on the same test queries and
-counterfactual pairs:
+Conditions (keys of ``results.json["conditions"]``; the table is ``shift/table.py``), all scored
+on the same test queries and counterfactual pairs:
 
 - ``base-zs``: the base model, zero-shot; ``base-icl``: the base model with k demonstrations;
   ``ft-zs``: the fine-tuned model, zero-shot;
@@ -20,15 +20,16 @@ from pathlib import Path
 
 from interp.errors import ConfigError, TaskError
 from interp.options import at_least, comma_list, positive
+from interp.shift.table import TABLE, Shams
 from interp.tasks import TASKS, get_task
 
-ICL_CONDITIONS = ("base-icl", "base-icl-other-task", "base-icl-shuffled")
-FT_CONDITIONS = ("ft-zs", "ft-other-task", "ft-shuffled", "ft-random-delta")
-CONDITIONS = ("base-zs", *ICL_CONDITIONS, *FT_CONDITIONS)
-TRAINED = ("ft-zs", "ft-other-task", "ft-shuffled")     # conditions with a fine-tuning run
+#: the conditions and their groups, all read from the one table (``shift/table.py``)
+CONDITIONS = tuple(spec.name for spec in TABLE)
+ICL_CONDITIONS = tuple(spec.name for spec in TABLE if spec.arm == "icl")
+FT_CONDITIONS = tuple(spec.name for spec in TABLE if spec.arm == "ft")
+TRAINED = tuple(spec.name for spec in TABLE if spec.trained)   # with a fine-tuning run
 #: each real condition's shams: (primary, secondary, fallback when the secondary is undefined)
-SHAMS = {"base-icl": ("base-icl-other-task", "base-icl-shuffled", None),
-         "ft-zs": ("ft-other-task", "ft-shuffled", "ft-random-delta")}
+SHAMS: dict[str, Shams] = {spec.name: spec.shams for spec in TABLE if spec.shams}
 #: each family's other-task partner (declared on the family: ``TaskFamily.other_task``; same
 #: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
 #: numbers; parity's even/odd has no partner, so it borrows boolean's)

@@ -20,6 +20,7 @@ from interp.finetune import TrainConfig, train
 from interp.finetune.deltas import Delta, load_update, norms, random_like, save_update, total_norm
 from interp.models import LoadedModel
 from interp.shift.config import DOSE_FRACTIONS, TRAINED, ShiftConfig
+from interp.shift.table import SPECS, TABLE
 from interp.tasks import Example, generate
 
 
@@ -43,17 +44,36 @@ def dose_steps(config: ShiftConfig) -> dict[float, int]:
 
 def training_examples(config: ShiftConfig, condition: str, ft_seed: int
                       ) -> tuple[list[Example], float | None]:
-    """The training data of one run and, for ft-shuffled, the share of labels kept."""
-    task = config.other_task if condition == "ft-other-task" else config.task
+    """The training data of one run (the other family's for an other-task condition) and, for
+    ft-shuffled, the share of labels kept."""
+    task = config.other_task if SPECS[condition].other_task else config.task
     knobs = config.knobs if task == config.task else {}
     examples = generate(task, config.n_train, seed=config.seed + ft_seed, split="train",
                         pattern=True, **knobs)
-    if condition != "ft-shuffled":
-        return examples, None
+    return TRAINING_DATA[condition](config, examples, ft_seed)
+
+
+def _as_generated(config: ShiftConfig, examples: list[Example], ft_seed: int):
+    return examples, None
+
+
+def _shuffled_labels(config: ShiftConfig, examples: list[Example], ft_seed: int):
     targets = [ex.target for ex in examples]
     random.Random(f"ft-shuffled|{config.seed}|{ft_seed}").shuffle(targets)
     agreement = sum(t == ex.target for t, ex in zip(targets, examples)) / len(examples)
     return [replace(ex, target=t) for ex, t in zip(examples, targets)], agreement
+
+
+def _random_delta(updates: dict[str, Delta], config: ShiftConfig, s: int) -> Delta:
+    return random_like(updates[f"ft-zs/{s}"], seed=config.seed + s)
+
+
+#: each trained condition's training data from its generated examples: (examples, label
+#: agreement or None)
+TRAINING_DATA = {"ft-zs": _as_generated, "ft-other-task": _as_generated,
+                 "ft-shuffled": _shuffled_labels}
+#: each fine-tuning condition without a run of its own: its update from the trained ones
+UPDATE_BUILDERS = {"ft-random-delta": _random_delta}
 
 
 def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: bool = False
@@ -99,8 +119,10 @@ def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: 
             info[f"{condition}/{s}"] = {"delta_w_norm": total_norm(final), "steps": max(wanted),
                                         "label_agreement": agreement,
                                         "final_loss": record["summary"].get("final_loss")}
-        rand = random_like(updates[f"ft-zs/{s}"], seed=config.seed + s)
-        updates[f"ft-random-delta/{s}"] = rand
-        info[f"ft-random-delta/{s}"] = {"delta_w_norm": total_norm(rand),
-                                        "matched_norms": len(norms(rand))}
+        for spec in TABLE:
+            if spec.arm == "ft" and not spec.trained:
+                delta = UPDATE_BUILDERS[spec.name](updates, config, s)
+                updates[f"{spec.name}/{s}"] = delta
+                info[f"{spec.name}/{s}"] = {"delta_w_norm": total_norm(delta),
+                                            "matched_norms": len(norms(delta))}
     return updates, {"runs": info, "dose_steps": steps}
