@@ -200,7 +200,13 @@ def final_norm(hf):
 def unembed(hf, hidden: torch.Tensor) -> torch.Tensor:
     """Logits from final-layer hidden states: the final norm, the unembedding and (Gemma 2)
     the final soft-capping, as the model's own head applies them."""
-    logits = hf.get_output_embeddings()(final_norm(hf)(hidden))
+    return head_logits(hf, final_norm(hf)(hidden))
+
+
+def head_logits(hf, normed: torch.Tensor) -> torch.Tensor:
+    """Logits from hidden states the final norm has already been applied to: the unembedding
+    and (Gemma 2) the final soft-capping."""
+    logits = hf.get_output_embeddings()(normed)
     cap = getattr(hf.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

@@ -12,7 +12,6 @@ per-layer L1 shift.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -145,9 +144,10 @@ def disattenuated(r_ab: float, r_a: float, r_b: float) -> float:
     """1 - r_ab / sqrt(r_a r_b): the correlation of two maps corrected for the unreliability of
     each (Spearman's correction), as a distance; ~0 for the same map measured twice, ~1 for
     unrelated maps. Not clipped; NaN when a reliability is not positive."""
-    if not (r_a > 0 and r_b > 0):
-        return float("nan")
-    return 1.0 - r_ab / math.sqrt(r_a * r_b)
+    from interp.shift.estimator import correlation  # the one disattenuation (the verdict's)
+
+    true_cov = torch.tensor([[r_a, r_ab], [r_ab, r_b]], dtype=torch.float64)
+    return float(1.0 - correlation(true_cov, 0, 1))
 
 
 def layer_shift(a: ScoreMap, b: ScoreMap) -> torch.Tensor:

@@ -406,14 +406,20 @@ def _cached_gguf(path: Path, architecture: str | None = None) -> Path:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise ModelSpecError(f"{path} cannot be read as a GGUF model (damaged, truncated or "
                              f"unsupported: {first})") from None
-    # The GGUF quantizer marks the model unserialisable; its weights are plain fp32 by now.
-    hf.hf_quantizer = None
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
+    strip_quantizer(hf)
     if architecture:
         hf.config.architectures = [architecture]
     _save_atomically(target, hf, tok)
     return target
+
+
+def strip_quantizer(hf):
+    """``hf`` without the GGUF quantizer, which marks a model unserialisable although its weights
+    are plain fp32 once loaded."""
+    hf.hf_quantizer = None
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    return hf
 
 
 def _cached_tiny(seed: int) -> Path:

@@ -29,13 +29,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from interp.arch import head_logits
 from interp.budget import Need, forward_seconds
 from interp.errors import ConfigError, StaleResultsError, TrainingError
 from interp.files import dumps, fingerprint, read_json, write_json
 from interp.finetune.checkpoint import Parallel
-from interp.finetune.data import batch_plan, collate, encode_example
+from interp.finetune.data import IGNORE, batch_plan, collate, encode_example
 from interp.finetune.deltas import delta_from_factors, difference, lora_factors
-from interp.models import LoadedModel
+from interp.models import LoadedModel, strip_quantizer
 from interp.tasks import Example
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
@@ -149,11 +150,8 @@ def answer_loss(net, batch: dict) -> torch.Tensor:
     hidden = base.base_model(input_ids=batch["input_ids"],
                              attention_mask=batch["attention_mask"]).last_hidden_state
     labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
+    keep = labels != IGNORE
+    logits = head_logits(base, hidden[:, :-1][keep])
     return torch.nn.functional.cross_entropy(logits.float(), labels[keep])
 
 
@@ -467,10 +465,7 @@ def save_model(model: LoadedModel, out: str | Path, state_dict: dict | None = No
     ``state_dict``: weights gathered from several processes, saved instead of the model's."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    hf = model.hf
-    hf.hf_quantizer = None  # a model loaded from GGUF is plain fp32 by now
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
+    hf = strip_quantizer(model.hf)   # a model loaded from GGUF is plain fp32 by now
     if state_dict is not None and getattr(hf.config, "tie_word_embeddings", False):
         tied = getattr(hf, "_tied_weights_keys", None) or []   # saved once, as HF does
         state_dict = {k: v for k, v in state_dict.items() if k not in tied}
