@@ -70,14 +70,15 @@ class StudyConfig:
             raise ConfigError("models and tasks must not repeat")
 
     def shift_config(self, model: str, task: str) -> ShiftConfig:
-        return ShiftConfig(model=model, task=task, shots=self.shots, n_train=self.n_train,
-                           n_eval=self.n_eval, n_pairs=self.n_pairs, demo_seeds=self.demo_seeds,
-                           ft_seeds=self.ft_seeds, n_boot=self.n_boot, quick=self.quick,
-                           probes=self.probes, causal=True, device=self.device, dtype=self.dtype,
-                           out=str(cell_dir(self.out, model, task)), force=self.force,
-                           progress=self.progress,
-                           seed=self.seed,
-                           knobs=dict(self.knobs.get(task, get_task(task).measurable_knobs)))
+        """The cell's shift settings, with the sizes it runs at (quick ones under ``quick``)."""
+        config = ShiftConfig(
+            model=model, task=task, shots=self.shots, n_train=self.n_train, n_eval=self.n_eval,
+            n_pairs=self.n_pairs, demo_seeds=self.demo_seeds, ft_seeds=self.ft_seeds,
+            n_boot=self.n_boot, quick=self.quick, probes=self.probes, causal=True,
+            device=self.device, dtype=self.dtype, out=str(cell_dir(self.out, model, task)),
+            force=self.force, progress=self.progress, seed=self.seed,
+            knobs=dict(self.knobs.get(task, get_task(task).measurable_knobs)))
+        return config.resolved()
 
 
 def cell_dir(out: str | Path, model: str, task: str) -> Path:

@@ -213,3 +213,14 @@ def test_shift_options_and_sweep_keys_come_from_the_config_fields():
     parser = argparse.ArgumentParser()
     add_settings(parser, Extended)
     assert parser.parse_args(["--extra", "5"]).extra == 5 and sweep_keys(Extended)["extra"] is int
+
+
+def test_quick_leaves_the_users_config_as_given():
+    from interp.shift.config import ShiftConfig
+
+    config = ShiftConfig(model="tiny-random-llama", quick=True, shots=4, n_pairs=16)
+    quick = config.resolved()
+    assert (config.shots, config.n_pairs, config.n_train) == (4, 16, 128)
+    assert (quick.shots, quick.n_pairs, quick.n_train, quick.dose_shots) == (2, 6, 32, (1, 2, 4))
+    assert quick.resolved() == quick
+    assert ShiftConfig(model="tiny-random-llama").resolved().n_pairs == 16

@@ -15,7 +15,7 @@ on the same test queries and counterfactual pairs:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from interp.errors import ConfigError, TaskError
@@ -112,11 +112,6 @@ class ShiftConfig:
         family = get_task(self.task)
         family.resolve_knobs(self.knobs)
         other_task_of(self.task)        # the other-task shams need a partner family
-        if self.quick:
-            self.shots, self.n_train, self.n_eval = min(self.shots, 2), 32, 8
-            self.n_pairs, self.n_boot, self.epochs, self.ks = 6, 100, 1, (3, 5)
-            self.dose_shots = (1, 2, 4)
-            self.n_random_sets = min(self.n_random_sets, 8)
         for name in ("shots", "n_train", "n_eval", "n_pairs", "n_boot", "epochs", "demo_seeds",
                      "ft_seeds", "n_splits", "n_random_sets"):
             value = getattr(self, name)
@@ -138,6 +133,15 @@ class ShiftConfig:
         self.dose_shots = tuple(sorted(set(int(k) for k in self.dose_shots) | {self.shots}))
         if len(self.dose_shots) < 3 or min(self.dose_shots) < 1:
             raise ConfigError("dose_shots needs at least 3 positive shot counts")
+
+    def resolved(self) -> ShiftConfig:
+        """The sizes a run uses: under ``quick``, the smallest that still run every stage (a
+        new config; this one is left as the user gave it), else this config itself."""
+        if not self.quick:
+            return self
+        return replace(self, shots=min(self.shots, 2), n_train=32, n_eval=8, n_pairs=6,
+                       n_boot=100, epochs=1, ks=(3, 5), dose_shots=(1, 2, 4),
+                       n_random_sets=min(self.n_random_sets, 8))
 
     @property
     def other_task(self) -> str:

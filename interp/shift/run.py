@@ -64,6 +64,7 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> ShiftRes
     (:class:`~interp.shift.schema.ShiftResult`, also a mapping over ``results.json``'s keys).
     ``model``: an already loaded, not yet bridged base model (it is bridged here). The output
     directory is this run's alone while it runs."""
+    config = config.resolved()
     try:
         _run_stages(config, model)
         return ShiftResult.load(config.out)     # exactly what results.json holds
