@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import hypergeom, spearmanr
 
-from interp.analysis.components import head_name, mlp_name
+from interp.names import head_name, mlp_name
 from interp.results import Result
 from interp.stats import pearson
 

@@ -86,7 +86,7 @@ def test_no_import_cycle():
 #: longest matching name decides a module's layer.
 LAYERS = (
     ("interp.errors", "interp.version", "interp.stats", "interp.shift.estimator",
-     "interp.shift.verdict", "interp.shift.table", "interp.analysis.metrics",
+     "interp.shift.verdict", "interp.shift.table", "interp.names", "interp.analysis.metrics",
      "interp.report.html"),
     ("interp.files", "interp.locks", "interp.budget", "interp.options", "interp.tracking",
      "interp.results", "interp.plots"),
@@ -95,8 +95,8 @@ LAYERS = (
     ("interp.arch", "interp.models"),
     ("interp.provenance", "interp.engine"),
     ("interp.evaluate", "interp.finetune"),
-    ("interp.analysis",),
     ("interp.circuits",),
+    ("interp.analysis",),
     ("interp.report.explorer", "interp.report.shift"),
     ("interp.shift",),
     ("interp.claims", "interp.align"),

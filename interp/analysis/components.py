@@ -15,6 +15,7 @@ from typing import NamedTuple
 import torch
 
 from interp.errors import ConfigError
+from interp.names import head_name, mlp_name, parse_name  # noqa: F401  (re-exported)
 
 
 @dataclass(frozen=True)
@@ -105,21 +106,3 @@ class Component(NamedTuple):
     head: int | None
     position: int | None
     value: float
-
-
-def head_name(layer: int, head: int) -> str:
-    return f"L{layer}H{head}"
-
-
-def mlp_name(layer: int) -> str:
-    return f"L{layer}MLP"
-
-
-def parse_name(name: str) -> tuple[int, int | None]:
-    """``L3H5`` -> (3, 5); ``L3MLP`` -> (3, None)."""
-    body = name.split("@")[0]
-    if body.endswith("MLP"):
-        return int(body[1:-3]), None
-    layer, head = body[1:].split("H")
-    return int(layer), int(head)
-
