@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -186,7 +187,7 @@ def causal_tests(runner: ConditionRunner, config: ShiftConfig, conds: dict[str, 
               "ft": (maps["ft-zs"] - maps["base-zs"]).abs().argsort(descending=True)[:k]}
     heads_map = scores["base-zs/0"]["counterfactual"]["heads"]
     L, H = heads_map.shape[:2]
-    template = _Template(L, H)
+    template = ComponentIndex(L, H)
     test_pairs = pair_sets["counterfactual"].subset(range(half, n))
     prompts = Prompts(config, runner.model.tokenizer, test_pairs,
                       queries["pattern"][: min(config.n_eval, 32)])
@@ -213,22 +214,39 @@ def causal_tests(runner: ConditionRunner, config: ShiftConfig, conds: dict[str, 
            "test_queries": int((~is_pair).sum()), "random_sets": config.n_random_sets,
            "chosen": {arm: [template.name(int(i)) for i in chosen[arm]] for arm in chosen}}
     plan = {
-        "necessity_icl": ("icl", "base-icl", means["base-icl"], "base-zs", "base-icl", -1),
-        "necessity_ft": ("ft", "ft-zs", means["ft-zs"], "base-zs", "ft-zs", -1),
-        "sufficiency_icl": ("icl", "base-zs", sources["base-icl"], "base-zs", "base-icl", 1),
-        "sufficiency_ft": ("ft", "base-zs", sources["ft-zs"], "base-zs", "ft-zs", 1),
-        "icl_circuit_in_ft": ("icl", "ft-zs", means["ft-zs"], "base-zs", "ft-zs", -1),
-        "ft_circuit_in_icl": ("ft", "base-icl", means["base-icl"], "base-zs", "base-icl", -1),
+        "necessity_icl": CausalTest("icl", "base-icl", means["base-icl"], "base-zs", "base-icl"),
+        "necessity_ft": CausalTest("ft", "ft-zs", means["ft-zs"], "base-zs", "ft-zs"),
+        "sufficiency_icl": CausalTest("icl", "base-zs", sources["base-icl"], "base-zs",
+                                      "base-icl", sign=1),
+        "sufficiency_ft": CausalTest("ft", "base-zs", sources["ft-zs"], "base-zs", "ft-zs",
+                                     sign=1),
+        "icl_circuit_in_ft": CausalTest("icl", "ft-zs", means["ft-zs"], "base-zs", "ft-zs"),
+        "ft_circuit_in_icl": CausalTest("ft", "base-icl", means["base-icl"], "base-zs",
+                                        "base-icl"),
     }
-    for name, (arm, where, values, lo, hi, sign) in plan.items():
-        runs = run_sets(runner, conds[where], prompts, sets_of(arm), values)
-        out[name] = {metric: share_test(plain[lo], plain[hi], runs, sign, mask, config.n_boot,
-                                        config.seed)
+    for name, test in plan.items():
+        runs = run_sets(runner, conds[test.run_in], prompts, sets_of(test.arm), test.values)
+        out[name] = {metric: share_test(plain[test.low], plain[test.high], runs, test.sign,
+                                        mask, config.n_boot, config.seed)
                      for metric, mask in masks.items()}
     return out
 
 
-class _Template:
+class CausalTest(NamedTuple):
+    """One causal test: the components chosen for ``arm`` are set to ``values`` (mean ablation:
+    the condition's own mean outputs; sufficiency: the source condition's outputs) while the
+    model runs as condition ``run_in``; the effect is read as a share of the metric gap between
+    conditions ``low`` and ``high`` (``sign`` -1: the intervention should remove it, +1: restore
+    it)."""
+    arm: str
+    run_in: str
+    values: dict
+    low: str
+    high: str
+    sign: int = -1
+
+
+class ComponentIndex:
     """Flat component indices (heads layer-major, then MLPs) <-> (heads, mlps) sets and names."""
 
     def __init__(self, n_layers: int, n_heads: int):
