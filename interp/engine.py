@@ -21,7 +21,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 
 from interp.arch import layers as decoder_layers
-from interp.errors import ContextLengthError, EngineCheckError
+from interp.errors import ConfigError, ContextLengthError, EngineCheckError
 from interp.models import LoadedModel
 from interp.provenance import versions
 
@@ -239,7 +239,7 @@ def _skipping(hf, first_layer: int, resid: torch.Tensor | None):
         yield
         return
     if resid is None:
-        raise ValueError("starting at a later layer needs the residual stream entering it")
+        raise ConfigError("starting at a later layer needs the residual stream entering it")
     mods = decoder_layers(hf)
     saved = [mods[i] for i in range(first_layer)]
     stub = _Resume(resid)

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from interp.errors import ConfigError
+
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for k successes out of n."""
@@ -44,7 +46,7 @@ def bootstrap_means(values: torch.Tensor, n_boot: int = 1000, seed: int = 0) -> 
 def percentile_ci(samples: torch.Tensor, level: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
     """Percentile interval over the last axis (NaN samples ignored)."""
     if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+        raise ConfigError(f"level must be in (0, 1), got {level}")
     q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
     low, high = torch.nanquantile(samples.double(), q, dim=-1)
     return low.float(), high.float()
@@ -89,7 +91,7 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> dict:
     split (1.0 when there are no discordant items)."""
     a, b = list(map(bool, a)), list(map(bool, b))
     if len(a) != len(b):
-        raise ValueError("McNemar needs the two conditions scored on the same items")
+        raise ConfigError("McNemar needs the two conditions scored on the same items")
     b10 = sum(x and not y for x, y in zip(a, b))
     b01 = sum(y and not x for x, y in zip(a, b))
     n = b10 + b01

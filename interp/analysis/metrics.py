@@ -6,6 +6,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from interp.errors import ConfigError
+
 Metric = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -19,7 +21,7 @@ def first_answer_token(tokenizer, text: str) -> int:
     for tid in ids:
         if tokenizer.decode([tid]).strip():
             return tid
-    raise ValueError(f"answer {text!r} has no non-space token")
+    raise ConfigError(f"answer {text!r} has no non-space token")
 
 
 def logit_diff(answer_ids: Sequence[int] | torch.Tensor, foil_ids: Sequence[int] | torch.Tensor,

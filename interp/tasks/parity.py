@@ -80,7 +80,8 @@ class Parity(TaskFamily):
         subset = set(ex.meta["subset"])
         outside = [i for i in range(len(ex.meta["bits"])) if i not in subset]
         edit = self._flip(ex, outside, rng)
-        assert edit.target == other(ex.target, self.choices)
+        if edit.target != other(ex.target, self.choices):
+            raise TaskError(f"parity: the separating edit of {ex.id} kept its answer")
         return edit
 
 
