@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -269,19 +269,29 @@ def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = 
     return out.logits
 
 
+def capture(names, select: Callable[[torch.Tensor], torch.Tensor] | None = None
+            ) -> tuple[dict, list]:
+    """Hooks that keep each named activation: ``store, hooks = capture(names)``; after a
+    :func:`forward` with ``hooks``, ``store[name]`` holds ``select(act)`` (default: the activation
+    detached; ``select=lambda a: a`` keeps the graph for a backward)."""
+    store: dict = {}
+    pick = select or (lambda act: act.detach())
+
+    def keeper(name):
+        def keep(act, hook=None):
+            store[name] = pick(act)
+            return act      # the kept tensor is the one the forward goes on with
+        return keep
+    return store, [(name, keeper(name)) for name in names]
+
+
 @torch.no_grad()
 def residual_streams(model: LoadedModel, ids: torch.Tensor, past=None) -> list[torch.Tensor]:
     """The residual stream entering every layer (``blocks.{l}.hook_resid_pre``) for ``ids``."""
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def fn(act, hook=None):
-            store[layer] = act.detach()
-        return fn
-
-    forward(model, ids, past, [(f"blocks.{l}.hook_resid_pre", keep(l))
-                               for l in range(model.n_layers)])
-    return [store[l] for l in range(model.n_layers)]
+    names = [f"blocks.{l}.hook_resid_pre" for l in range(model.n_layers)]
+    store, hooks = capture(names)
+    forward(model, ids, past, hooks)
+    return [store[n] for n in names]
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -21,19 +21,13 @@ from interp.analysis.components import KINDS, kind
 from interp.analysis.patching import first_difference
 from interp.arch import b_o as output_bias
 from interp.arch import final_norm, head_writes, layer_module, rms_gain, unwrap, w_o
-from interp.engine import forward, prefix_cache, repeat_cache
+from interp.engine import capture, forward, prefix_cache, repeat_cache
 from interp.errors import ConfigError, UnsupportedError
 from interp.models import LoadedModel
 
 
-def _keepers(store: dict, names: list[str]) -> list:
-    """Forward hooks that keep each named activation (graph attached) in ``store``."""
-    def keeper(name: str):
-        def keep(act, hook=None):
-            store[name] = act
-            return act
-        return keep
-    return [(n, keeper(n)) for n in names]
+def _with_graph(act: torch.Tensor) -> torch.Tensor:
+    return act
 
 
 def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor, metric,
@@ -63,12 +57,12 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
         return repeat_cache(cache, 1) if cache is not None else None
 
     names = list(dict.fromkeys(n for s in specs for n in s.hook_names(model.n_layers)))
-    src: dict[str, torch.Tensor] = {}
+    src, src_hooks = capture(names)
     with torch.no_grad():
-        source_logits = forward(model, source[:, start:], past(), _keepers(src, names))
-    acts: dict[str, torch.Tensor] = {}
+        source_logits = forward(model, source[:, start:], past(), src_hooks)
+    acts, hooks = capture(names, _with_graph)
     with torch.enable_grad():
-        logits = forward(model, target[:, start:], past(), _keepers(acts, names))
+        logits = forward(model, target[:, start:], past(), hooks)
         values = metric(logits)
         # examples are independent: d sum / d a_b = d m_b / d a_b; no parameter gradients
         grads = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
@@ -113,8 +107,7 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
     bridge, hf, L = model.bridge, model.hf, model.n_layers
     names = ([KINDS["heads"].hook_name(l) for l in range(L)] +
              [KINDS["mlp"].hook_name(l) for l in range(L)] + [KINDS["resid"].hook_name(0)])
-    acts: dict[str, torch.Tensor] = {}
-    hooks = _keepers(acts, names + ["ln_final.hook_in"])
+    acts, hooks = capture(names + ["ln_final.hook_in"], _with_graph)
     hooks.append(("ln_final.hook_scale", _frozen))
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the bridge warns that an edited norm scale is used

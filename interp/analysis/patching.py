@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from interp.analysis.components import KINDS, kind
-from interp.engine import forward, prefix_cache, repeat_cache, residual_streams
+from interp.engine import capture, forward, prefix_cache, repeat_cache, residual_streams
 from interp.errors import ConfigError
 from interp.models import LoadedModel
 
@@ -268,14 +268,8 @@ def set_values(model: LoadedModel, tokens: torch.Tensor, start: int = 0, metric=
     ``start`` on (what :func:`stacked_sets` patches in); with ``metric``, also the metric of that
     run: ``(values, metric [batch])``."""
     names = set(KINDS["heads"].hook_names(model.n_layers) + KINDS["mlp"].hook_names(model.n_layers))
-    store: dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def fn(act, hook=None):
-            store[name] = act.detach()
-        return fn
-
+    store, hooks = capture(names)
     past = prefix_cache(model, tokens[:, :start]) if start else None
     with torch.no_grad():
-        logits = forward(model, tokens[:, start:], past, [(n, keep(n)) for n in names])
+        logits = forward(model, tokens[:, start:], past, hooks)
     return store if metric is None else (store, metric(logits).float().cpu())

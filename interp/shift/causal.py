@@ -33,7 +33,7 @@ from interp.analysis.components import KINDS
 from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import auto_chunk, stacked_sets
 from interp.circuits import ScoreMap, components
-from interp.engine import encode, forward, length_groups
+from interp.engine import capture, encode, forward, length_groups
 from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
 from interp.shift.config import ShiftConfig
@@ -89,13 +89,8 @@ def final_values(runner: ConditionRunner, cond: Condition, prompts: Prompts
     with runner.use(cond), torch.no_grad():
         for idx in length_groups(prompts.ids).values():
             tokens = torch.tensor([prefix + prompts.ids[i] for i in idx], device=model.device)
-            store: dict[str, torch.Tensor] = {}
-
-            def keep(name):
-                def fn(act, hook=None):
-                    store[name] = act[:, -1].detach()
-                return fn
-            forward(model, tokens, hooks=[(n, keep(n)) for n in names])
+            store, hooks = capture(names, lambda act: act[:, -1].detach())
+            forward(model, tokens, hooks=hooks)
             for name in names:
                 if name not in out:
                     out[name] = torch.zeros(len(prompts.ids), *store[name].shape[1:],

@@ -13,7 +13,7 @@ import base64
 
 import torch
 
-from interp.engine import encode, forward
+from interp.engine import capture, encode, forward
 from interp.prompts import DEMO_SEP, format_demo, header_text
 from interp.shift.conditions import Condition, PairSet
 from interp.shift.measure import ConditionRunner
@@ -64,14 +64,9 @@ def explorer_data(runner: ConditionRunner, conditions: dict[str, Condition], pai
         entries = []
         with runner.use(cond):
             for p in prompts:
-                store: dict[str, torch.Tensor] = {}
-
-                def keep(hook_name):
-                    def fn(act, hook=None):
-                        store[hook_name] = act[0, :, -rows:].detach().float()
-                    return fn
+                store, hooks = capture(names, lambda act: act[0, :, -rows:].detach().float())
                 ids = torch.tensor([prefix + p["ids"]], device=model.device)
-                forward(model, ids, hooks=[(n, keep(n)) for n in names])
+                forward(model, ids, hooks=hooks)
                 att = torch.cat([store[n] for n in names])                 # [L*H, rows, T]
                 att = _collapse(att, bounds, len(prefix))
                 labels = [label for label, _ in bounds] + [

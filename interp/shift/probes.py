@@ -16,7 +16,14 @@ from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import first_difference, set_values, stacked_sets
 from interp.arch import unembed
 from interp.circuits import ScoreMap, components, top_k
-from interp.engine import encode, forward, length_groups, prefix_cache, repeat_cache
+from interp.engine import (
+    capture,
+    encode,
+    forward,
+    length_groups,
+    prefix_cache,
+    repeat_cache,
+)
 from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
 from interp.shift.config import ShiftConfig
@@ -104,19 +111,13 @@ def _rank(logits: torch.Tensor, token: int) -> torch.Tensor:
 
 def _last_resid(model, prefix: list[int], suffixes: list[list[int]]) -> torch.Tensor:
     """The residual stream after every layer at the last token: ``[batch, layer, d_model]``."""
-    store: dict[int, torch.Tensor] = {}
-
-    def keep(layer):
-        def fn(act, hook=None):
-            store[layer] = act[:, -1].detach()
-        return fn
-
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.n_layers)]
+    store, hooks = capture(names, lambda act: act[:, -1].detach())
     ids = torch.tensor(suffixes, device=model.device)
     past = repeat_cache(prefix_cache(model, torch.tensor([prefix], device=model.device)),
                         len(suffixes))
-    forward(model, ids, past, [(f"blocks.{l}.hook_resid_post", keep(l))
-                               for l in range(model.n_layers)])
-    return torch.stack([store[l] for l in range(model.n_layers)], 1)
+    forward(model, ids, past, hooks)
+    return torch.stack([store[n] for n in names], 1)
 
 
 @torch.no_grad()
