@@ -338,6 +338,7 @@ def combine(out: str | Path, grid: list[Cell]) -> dict[str, Path]:
     import pandas as pd
 
     from interp.plots import write_page
+    from interp.report.sweep import sweep_figures
 
     out = Path(out)
     finished = write_status(out, grid)
@@ -360,39 +361,6 @@ def combine(out: str | Path, grid: list[Cell]) -> dict[str, Path]:
     if figures:
         written["figures"] = write_page(out / "figures.html", f"Sweep: {out.name}", figures)
     return written
-
-
-def sweep_figures(acc, shift) -> list:
-    """Accuracy vs shots (ICL), accuracy vs training samples (FT), shift(ICL) vs shift(FT)."""
-    import plotly.express as px
-
-    figs = []
-    if len(acc):
-        mean = (acc.groupby(["model", "task", "kind", "condition", "shots", "n_train"],
-                            as_index=False)["accuracy"].mean())
-        icl = mean[mean["kind"] == "icl"]
-        if len(icl):
-            fig = px.line(icl, x="shots", y="accuracy", color="task", line_dash="condition",
-                          facet_col="model", markers=True, title="ICL: accuracy vs shots")
-            fig.update_yaxes(range=[0, 1])
-            figs.append(fig)
-        ft = mean[mean["kind"] == "finetune"]
-        if len(ft):
-            fig = px.line(ft, x="n_train", y="accuracy", color="task", line_dash="condition",
-                          facet_col="model", markers=True, log_x=True,
-                          title="Fine-tuning: zero-shot accuracy vs training samples")
-            fig.update_yaxes(range=[0, 1])
-            figs.append(fig)
-    if len(shift) and shift[["shift_icl", "shift_ft"]].notna().any().any():
-        s = shift.groupby(["model", "task"], as_index=False)[["shift_icl", "shift_ft"]].mean()
-        long = s.melt(id_vars=["model", "task"], value_vars=["shift_icl", "shift_ft"],
-                      var_name="condition", value_name="shift")
-        fig = px.bar(long, x="task", y="shift", color="condition", barmode="group",
-                     facet_col="model", title="Circuit shift against base zero-shot: ICL vs FT "
-                                              "(disattenuated distance; see each run's report "
-                                              "for shams and verdicts)")
-        figs.append(fig)
-    return figs
 
 
 def submit(sweep: Sweep, config_path: str, out: Path, cluster: str, n_jobs: int,

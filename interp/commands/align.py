@@ -28,10 +28,11 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from interp.align import run_alignment, summarize, write_results
+    from interp.align import run_alignment, summarize
     from interp.files import check_writable, now
     from interp.models import check_device
     from interp.provenance import write_provenance
+    from interp.report.align import write_results
 
     started = now()
     check_device(args.device)

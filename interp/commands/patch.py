@@ -92,16 +92,6 @@ def _check_budget(args, model, components: list[str], rows: list[dict] | None) -
     check(need)
 
 
-def _heatmap(result, title: str):
-    """A PatchResult's normalised effects as a heatmap (heads_pos averaged over heads)."""
-    from interp.plots import heatmap
-
-    c = result.component
-    values = result.normalized if c != "heads_pos" else result.normalized.mean(1)
-    return heatmap(values, title, "head" if c == "heads" else "position",
-                   x_labels=result.positions if c != "heads" else None, hover="normalised effect")
-
-
 def _check_args(args) -> list[dict] | None:
     """Every flag checked before the model loads; the rows of ``--pairs``, if given."""
     from interp.analysis.pairs import read_pairs
@@ -152,6 +142,7 @@ def run(args) -> int:
 def _patch(args, model, tokens, metric_for) -> tuple[dict, dict, list]:
     """Each ``--component`` patched over every pair: tensors, summary and heatmaps."""
     from interp.analysis.pairs import patch_pairs
+    from interp.report.patch import patch_heatmap
 
     tensors, summary, figures = {}, {}, []
     for component in args.component:
@@ -163,7 +154,7 @@ def _patch(args, model, tokens, metric_for) -> tuple[dict, dict, list]:
                               "shape": list(result.mean.shape), "positions": result.positions,
                               "top": result.top(10).to_dict("records")}
         summary.setdefault("baselines", result.baselines(args.n_boot, args.seed))
-        figures.append(_heatmap(result, f"{component}: normalised {args.method} patching "
+        figures.append(patch_heatmap(result, f"{component}: normalised {args.method} patching "
                                         f"effect ({args.direction}, n={result.n})"))
     return tensors, summary, figures
 
@@ -171,19 +162,16 @@ def _patch(args, model, tokens, metric_for) -> tuple[dict, dict, list]:
 def _head_scores(args, model, tokens, tensors: dict, figures: list) -> None:
     """``--dla`` and ``--ablate``: per-head scores on the clean prompts, added to ``tensors``."""
     from interp.analysis.pairs import ablation_pairs, dla_pairs
-    from interp.plots import heatmap
+    from interp.report.patch import ablation_heatmap, dla_heatmap
 
     if args.dla:
         dla = dla_pairs(model, tokens)
         tensors["dla_heads"], tensors["dla_heads_per_pair"] = dla.mean(-1), dla
-        figures.append(heatmap(dla.mean(-1), "direct logit attribution per head (clean prompts)",
-                               "head", hover="logit diff"))
+        figures.append(dla_heatmap(dla))
     for mode in args.ablate:
         drop = ablation_pairs(model, tokens, mode, args.metric, args.chunk)
         tensors[f"ablate_{mode}_heads"] = drop.mean(-1)
-        figures.append(heatmap(drop.mean(-1), f"{mode}-ablation importance per head "
-                                              "(metric drop on clean prompts)", "head",
-                               hover="metric drop"))
+        figures.append(ablation_heatmap(drop, mode))
 
 
 def _write(args, model, tokens, out: Path, tensors: dict, summary: dict, figures: list,
@@ -218,6 +206,7 @@ def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
     from interp.files import save_tensors, write_json
     from interp.models import load_model
     from interp.plots import write_page
+    from interp.report.patch import patch_heatmap
 
     source = load_model(args.source_model, device=args.device, dtype=args.dtype)
     tensors, summary, figures = {}, {"source": source.spec, "target": model.spec}, []
@@ -234,7 +223,7 @@ def _cross_model(args, model, tokens, components, metric_for, out: Path) -> int:
                 "top": result.top(10).to_dict("records"),
                 "metric": {"patched_into": float(result.corrupt.mean()),
                            "patched_from": float(result.clean.mean())}}
-            figures.append(_heatmap(result, f"{frm.spec} -> {into.spec}: {component} "
+            figures.append(patch_heatmap(result, f"{frm.spec} -> {into.spec}: {component} "
                                             f"(1 = behaves like {frm.spec})"))
     save_tensors(out / "scores.safetensors", {k: v.float() for k, v in tensors.items()})
     summary.update({"n_pairs": len(tokens), "task": args.task, "shots": args.shots,
