@@ -20,13 +20,9 @@ from interp.claims import BY_NAME, CLAIMS, claim_rows, verdict
 from interp.errors import ConfigError, InterpError
 from interp.files import check_writable, now, read_json, write_csv, write_json
 from interp.locks import release_outputs
-from interp.models import load_model
 from interp.provenance import write_provenance
 from interp.report.study import write_study_report
-from interp.shift import ShiftConfig, run_shift
-from interp.shift.compare import condition_summary
-from interp.shift.conditions import build_conditions, build_pairs
-from interp.shift.measure import ConditionRunner, flatten, pair_scores
+from interp.shift import ShiftConfig, preflight, run_shift
 from interp.tasks import get_task
 
 CLAIM_COLUMNS = ["claim", "task", "model", "prediction", "margin", "estimate", "ci_low",
@@ -84,24 +80,6 @@ class StudyConfig:
 def cell_dir(out: str | Path, model: str, task: str) -> Path:
     safe = model.replace("/", "--").replace(".gguf", "").strip(".") or "model"
     return Path(out) / Path(safe).name / task
-
-
-def preflight(config: ShiftConfig) -> dict:
-    """Gaps and reliabilities of base-zs and base-icl on n pairs (one demonstration set), and
-    whether the cell can be run: base-icl must pass its gates (without an ICL behaviour there
-    is nothing to explain; a base-zs that fails only undefines the shifts from it). Cheap: no
-    fine-tuning."""
-    model = load_model(config.model, device=config.device, dtype=config.dtype)
-    conds = {c.name: c for c in build_conditions(config, model.tokenizer) if c.seed == 0}
-    pairs = build_pairs(config, model.tokenizer, config.n_pairs)
-    runner = ConditionRunner(model, {}, config.task)
-    out = {}
-    for name in ("base-zs", "base-icl"):
-        s = pair_scores(runner, conds[name], pairs)
-        out[name] = condition_summary(flatten(s), s["clean"] - s["corrupt"], config.n_boot,
-                                      config.seed)
-    out["runnable"] = out["base-icl"]["passes"]
-    return out
 
 
 def skipped_rows(config: ShiftConfig, model: str, task: str, reason: str) -> list[dict]:

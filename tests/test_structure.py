@@ -171,3 +171,8 @@ def test_python_dash_m_interp_works():
     done = subprocess.run([sys.executable, "-m", "interp", "--version"], capture_output=True,
                           text=True, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.startswith("interp ")
+
+
+def test_the_study_uses_only_the_shift_packages_public_names():
+    inside = sorted(t for t in _graph()["interp.study"] if t.startswith("interp.shift."))
+    assert not inside, inside

@@ -9,10 +9,11 @@ import torch
 
 from interp.analysis.metrics import logit_diff
 from interp.engine import forward, length_groups, prefix_cache, repeat_cache
-from interp.models import LoadedModel
+from interp.models import LoadedModel, load_model
+from interp.shift.compare import condition_summary
 from interp.shift.conditions import Condition, build_conditions, build_pairs
 from interp.shift.config import ShiftConfig
-from interp.shift.measure import ConditionRunner
+from interp.shift.measure import ConditionRunner, flatten, pair_scores
 from interp.stats import mean_ci
 
 
@@ -44,3 +45,21 @@ def measure_gaps(model: LoadedModel, config: ShiftConfig) -> dict:
     return {label: mean_ci(pair_gaps(runner, conds[name], pairs), n_boot=config.n_boot,
                            seed=config.seed)
             for label, name in (("zero_shot", "base-zs"), ("icl", "base-icl"))}
+
+
+def preflight(config: ShiftConfig) -> dict:
+    """Gaps and reliabilities of base-zs and base-icl on n pairs (one demonstration set), and
+    whether the cell can be run: base-icl must pass its gates (without an ICL behaviour there
+    is nothing to explain; a base-zs that fails only undefines the shifts from it). Cheap: no
+    fine-tuning."""
+    model = load_model(config.model, device=config.device, dtype=config.dtype)
+    conds = {c.name: c for c in build_conditions(config, model.tokenizer) if c.seed == 0}
+    pairs = build_pairs(config, model.tokenizer, config.n_pairs)
+    runner = ConditionRunner(model, {}, config.task)
+    out = {}
+    for name in ("base-zs", "base-icl"):
+        s = pair_scores(runner, conds[name], pairs)
+        out[name] = condition_summary(flatten(s), s["clean"] - s["corrupt"], config.n_boot,
+                                      config.seed)
+    out["runnable"] = out["base-icl"]["passes"]
+    return out
