@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from interp.analysis.alignment import compare, random_update, record
 from interp.arch import kv_parameters, plain_name
+from interp.budget import Need, check, forward_seconds
 from interp.errors import ConfigError
 from interp.finetune import GD_METHODS, train_gd
 from interp.models import LoadedModel, load_model
@@ -102,6 +103,17 @@ def _check_settings(task, data, methods, demos: int, seeds: int, n: int, lr) -> 
     return lrs
 
 
+def _need(model: LoadedModel, demos: int, settings: int, seeds: int, n: int, n_lrs: int) -> Need:
+    """A lower bound on an alignment run's time: every GD step (a forward and a backward over
+    one demonstration, at least 16 tokens) and every recording of the queries after all the
+    demonstrations, per seed, setting and learning rate tried."""
+    runs = seeds * settings + (n_lrs if n_lrs > 1 else 0)
+    gd = forward_seconds(model, runs * demos * 16, forwards=runs * demos, passes=3)
+    record = forward_seconds(model, runs * 3 * n * demos * 16, forwards=runs * 3 * n)
+    return Need(f"alignment over {seeds:,} seeds of {demos:,} demonstrations and {n:,} queries",
+                seconds=gd + record)
+
+
 def run_alignment(spec: str, task: str | None = None, demos: int = 32,
                   methods: Sequence[str] = GD_METHODS, seeds: int = 3, n: int = 32,
                   lr: float | Sequence[float] = 1e-3, baselines: bool = True,
@@ -112,6 +124,7 @@ def run_alignment(spec: str, task: str | None = None, demos: int = 32,
     lrs = _check_settings(task, data, methods, demos, seeds, n, lr)
     queries = _queries(task, data, n)
     template = load_model(spec, device=device, dtype="float32")   # never bridged: copies
+    check(_need(template, demos, len(methods) + (2 if baselines else 0), seeds, n, len(lrs)))
     chosen, sweep = {}, {}
     for method in methods:
         if len(lrs) == 1:

@@ -160,6 +160,8 @@ def test_oversized_requests_are_refused_at_once(args, needle, tmp_path):
       "1000"], "would take at least"),
     (["shift", "--model", TINY, "--task", "boolean", "--n-pairs", "4096", "--n-train",
       "1000000", "--epochs", "100"], "would take at least"),
+    (["align", "--model", TINY, "--task", "boolean", "--seeds", "100000", "--n", "1000"],
+     "would take at least"),
 ])
 def test_requests_beyond_the_machine_are_refused_in_seconds(args, needle, tmp_path):
     began = time.perf_counter()
