@@ -269,18 +269,19 @@ def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = 
     return out.logits
 
 
-def capture(names, select: Callable[[torch.Tensor], torch.Tensor] | None = None
-            ) -> tuple[dict, list]:
+def capture(names, select: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            graph: bool = False) -> tuple[dict, list]:
     """Hooks that keep each named activation: ``store, hooks = capture(names)``; after a
     :func:`forward` with ``hooks``, ``store[name]`` holds ``select(act)`` (default: the activation
-    detached; ``select=lambda a: a`` keeps the graph for a backward)."""
+    detached). ``graph=True`` keeps the activation itself, attached to the graph, and makes it
+    the tensor the forward goes on with, so a backward reaches it."""
     store: dict = {}
-    pick = select or (lambda act: act.detach())
+    pick = select or ((lambda act: act) if graph else (lambda act: act.detach()))
 
     def keeper(name):
         def keep(act, hook=None):
             store[name] = pick(act)
-            return act      # the kept tensor is the one the forward goes on with
+            return act if graph else None
         return keep
     return store, [(name, keeper(name)) for name in names]
 

@@ -26,10 +26,6 @@ from interp.errors import ConfigError, UnsupportedError
 from interp.models import LoadedModel
 
 
-def _with_graph(act: torch.Tensor) -> torch.Tensor:
-    return act
-
-
 def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor, metric,
                       component: str = "heads", direction: str = "denoise") -> torch.Tensor:
     """Estimated effect of patching each component, per pair: ``[*grid, batch]``."""
@@ -60,7 +56,7 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
     src, src_hooks = capture(names)
     with torch.no_grad():
         source_logits = forward(model, source[:, start:], past(), src_hooks)
-    acts, hooks = capture(names, _with_graph)
+    acts, hooks = capture(names, graph=True)
     with torch.enable_grad():
         logits = forward(model, target[:, start:], past(), hooks)
         values = metric(logits)
@@ -107,7 +103,7 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
     bridge, hf, L = model.bridge, model.hf, model.n_layers
     names = ([KINDS["heads"].hook_name(l) for l in range(L)] +
              [KINDS["mlp"].hook_name(l) for l in range(L)] + [KINDS["resid"].hook_name(0)])
-    acts, hooks = capture(names + ["ln_final.hook_in"], _with_graph)
+    acts, hooks = capture(names + ["ln_final.hook_in"], graph=True)
     hooks.append(("ln_final.hook_scale", _frozen))
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the bridge warns that an edited norm scale is used
