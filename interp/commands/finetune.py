@@ -191,15 +191,16 @@ def _run(args) -> int:
     del base
     rows = []
     for n in sizes:
-        model = _train_size(args, n, tasks[0], data[n], config, _run_dir(out, sizes, n),
-                            device, attn, tracker, main)
+        run_dir = _run_dir(out, sizes, n)
+        model = _train_size(args, n, tasks[0], data[n], config, run_dir, device, attn, tracker,
+                            main)
         if args.no_eval or not main:
             continue
         if processes.num_processes > 1:   # the trained weights may be sharded: reload
-            model = load_model(str(_run_dir(out, sizes, n)), device=device, dtype=args.dtype)
+            model = load_model(str(run_dir), device=device, dtype=args.dtype)
         after = _evaluate(model, tasks, args, f"after n={n}")
         for task in tasks:
-            after[task]["result"].save(_run_dir(out, sizes, n))
+            after[task]["result"].save(run_dir)
             rows.append({"task": task, "n_train": n, "method": args.method,
                          **{f"before_{c}": before[task][c] for c in ("pattern", "control")},
                          **{f"after_{c}": after[task][c] for c in ("pattern", "control")}})

@@ -167,18 +167,21 @@ def build_pairs(config: ShiftConfig, tokenizer, n: int, kind: str = "counterfact
     return PairSet(kind, *map(list, zip(*rows)))
 
 
-def queries(config: ShiftConfig) -> dict[str, list[Example]]:
-    """The test queries of the accuracy stage: pattern and control, the same for every
-    condition."""
-    return {cond: generate(config.task, config.n_eval, seed=config.seed, split="test",
+def queries(config: ShiftConfig, n: int | None = None) -> dict[str, list[Example]]:
+    """The test queries of the accuracy stage (``n``, default ``config.n_eval``, of each):
+    pattern and control, the same for every condition."""
+    return {cond: generate(config.task, n or config.n_eval, seed=config.seed, split="test",
                            pattern=cond == "pattern", **config.knobs)
             for cond in ("pattern", "control")}
 
 
 def check_fits(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Condition],
-               pair_sets: dict[str, PairSet], test_queries: dict[str, list[Example]]) -> None:
+               pair_sets: dict[str, PairSet], test_queries: dict[str, list[Example]]
+               ) -> tuple[float, int]:
     """Every condition's longest prompt (demonstrations, a pair or test query, the answer)
-    fits the model's context: checked before any work, so a run is refused, never cut."""
+    fits the model's context: checked before any work, so a run is refused, never cut. Returns
+    the mean over conditions of their longest pair prompt and the longest test query (tokens),
+    what :func:`run_need` estimates from."""
     longest = max(len(q) for pairs in pair_sets.values() for q in pairs.clean + pairs.corrupt)
     queries_longest = max(len(encode(model.tokenizer, ex.input, first=False))
                           for qs in test_queries.values() for ex in qs)
@@ -188,7 +191,15 @@ def check_fits(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Con
         check_length(model, len(prefix) + max(longest, queries_longest) + 8,
                      f"the longest prompt of {cond.key}")
         tokens += len(prefix) + longest
-    check(run_need(model, config, len(conditions), tokens / len(conditions), queries_longest))
+    return tokens / len(conditions), queries_longest
+
+
+def check_run_size(model: LoadedModel, config: ShiftConfig, conditions: Sequence[Condition],
+                   sample: dict[str, PairSet], sample_queries: dict[str, list[Example]]) -> None:
+    """Refuse (one line) a run beyond the machine's memory or time, estimated from a few sample
+    pairs and queries before the run builds them all."""
+    check(run_need(model, config, len(conditions),
+                   *check_fits(model, config, conditions, sample, sample_queries)))
 
 
 def run_need(model: LoadedModel, config: ShiftConfig, n_conditions: int, prompt: float,

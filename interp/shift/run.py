@@ -34,6 +34,7 @@ from interp.shift.conditions import (
     build_conditions,
     build_pairs,
     check_fits,
+    check_run_size,
     dose_conditions,
     queries,
 )
@@ -45,7 +46,6 @@ from interp.shift.results import assemble, write_outputs
 from interp.shift.schema import ShiftResult
 from interp.shift.stages import Stages
 from interp.shift.training import dose_steps, train_updates
-from interp.tasks import generate
 
 PAIR_KINDS = ("counterfactual", "separating")
 
@@ -78,15 +78,7 @@ def _pair_sets(config: ShiftConfig, base: LoadedModel, n_counterfactual: int,
             "separating": build_pairs(config, base.tokenizer, n_separating, "separating")}
 
 
-def _sample(config: ShiftConfig, base: LoadedModel) -> tuple[dict, dict]:
-    """A few pairs and queries: enough to check the run's sizes before building them all."""
-    qs = {cond: generate(config.task, 4, seed=config.seed, split="test",
-                         pattern=cond == "pattern", **config.knobs)
-          for cond in ("pattern", "control")}
-    return _pair_sets(config, base, 4, 4), qs
-
-
-def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
+def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
     out = check_writable(config.out)
     started, began = now(), time.perf_counter()
     stages = Stages(out, config.force)
@@ -98,7 +90,8 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     conditions = build_conditions(config, base.tokenizer)
     steps = dose_steps(config)
     doses = dose_conditions(config, steps)
-    check_fits(base, config, [*conditions, *doses], *_sample(config, base))  # sizes, in seconds
+    check_run_size(base, config, [*conditions, *doses],     # sizes, in seconds, before
+                   _pair_sets(config, base, 4, 4), queries(config, 4))   # building them all
     pair_sets = _pair_sets(config, base, 2 * config.n_pairs, config.n_pairs)
     qs = queries(config)
     check_fits(base, config, [*conditions, *doses], pair_sets, qs)   # every prompt, before work
@@ -134,7 +127,6 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> dict:
     write_provenance(out, config.to_dict(), {"base": base}, started,
                      seeds={"seed": config.seed, "demo_seeds": config.demo_seeds,
                             "ft_seeds": config.ft_seeds})
-    return results
 
 
 def _dose_scores(stages: Stages, config: ShiftConfig, runner, todo, same: dict, scores: dict,
