@@ -4,9 +4,8 @@ The public API (``dir(interp)`` lists it). Names are loaded on first use, so ``i
 and the ``interp`` command stay fast; each lives in the module named beside it below.
 """
 
-from importlib import import_module
-
 from interp.errors import ConfigError, InterpError, StaleResultsError, TaskError, UnsupportedError
+from interp.lazy import lazy_exports
 from interp.version import __version__
 
 _EXPORTS = {
@@ -39,13 +38,4 @@ __all__ = ["__version__", "InterpError", "ConfigError", "TaskError", "Unsupporte
            "StaleResultsError", *_EXPORTS]
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'interp' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -184,7 +184,7 @@ def swapped_kv(model: LoadedModel, source: LoadedModel):
         yield model
 
 
-def summarize(rows: list[dict]):
+def seed_summary(rows: list[dict]):
     """Mean and std over seeds per setting and metric, as DataFrames."""
     import pandas as pd
 

@@ -13,7 +13,9 @@ line naming the model type and the capability.
 
 If you add a model type: one :class:`Adapter` entry in this file (its module paths and
 capabilities; ``SUPPORTED`` is derived from the entries), and a seeded tiny config in
-``tests/archs.py`` (the architecture tests then cover it against TransformerLens).
+``tests/archs.py`` (the architecture tests then cover it against TransformerLens). Edge
+attribution's forward (:func:`receiver_forward`) reads the adapter's paths; an architecture
+whose attention is not Llama's (rotary, separate q/k/v) leaves out the ``edges`` capability.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from interp.errors import UnsupportedError
 
@@ -41,6 +44,15 @@ class Adapter:
     q_norm: str | None = None        # per layer: per-head RMSNorm of queries / keys (Qwen3)
     k_norm: str | None = None
     post_attn_norm: str | None = None   # Gemma: norm applied to the attention output
+    #: the residual stream split per receiver (edge attribution, :func:`receiver_forward`):
+    #: embeddings and rotary embedding (model paths), per layer the attention module, the norm
+    #: before it, the MLP and the norm before that
+    embed: str | None = None
+    rotary: str | None = None
+    attention: str | None = None
+    attn_norm: str | None = None
+    mlp: str | None = None
+    mlp_norm: str | None = None
     norm_offset: float = 0.0            # Gemma's RMSNorm multiplies by (offset + weight)
     lora_targets: tuple[str, ...] = ()
     capabilities: frozenset = frozenset(CAPABILITIES)
@@ -63,7 +75,9 @@ _ALL = frozenset(CAPABILITIES)
 def _llama_like(model_type: str, **kw) -> Adapter:
     base = dict(model_type=model_type, layers="model.layers", final_norm="model.norm",
                 o_proj="self_attn.o_proj", q_proj="self_attn.q_proj", k_proj="self_attn.k_proj",
-                v_proj="self_attn.v_proj",
+                v_proj="self_attn.v_proj", embed="model.embed_tokens",
+                rotary="model.rotary_emb", attention="self_attn", attn_norm="input_layernorm",
+                mlp="mlp", mlp_norm="post_attention_layernorm",
                 lora_targets=_LLAMA_LORA, capabilities=_ALL)
     base.update(kw)
     return Adapter(**base)
@@ -143,11 +157,7 @@ def layer_module(hf, layer: int, path: str):
 
 def w_o(hf, layer: int) -> torch.Tensor:
     """Layer ``layer``'s attention output projection as ``[d_model, n_heads, d_head]``."""
-    a = adapter(hf)
-    proj = layer_module(hf, layer, a.o_proj)
-    w = proj.weight.T if a.o_proj_conv1d else proj.weight          # [d_model, n_heads*d_head]
-    n_heads = hf.config.num_attention_heads
-    return w.reshape(w.shape[0], n_heads, -1)
+    return _layer_w_o(layers(hf)[layer], adapter(hf), hf.config.num_attention_heads)
 
 
 def b_o(hf, layer: int) -> torch.Tensor | None:
@@ -238,3 +248,72 @@ def pass_cache_to_bridge(hf) -> None:
         if not getattr(module, "_interp_cache_alias", False):
             module.register_forward_pre_hook(_cache_under_old_name, with_kwargs=True)
             module._interp_cache_alias = True
+
+
+def _projection(layer, path: str, n_out: int, d_head: int, group=None):
+    """A q/k/v projection per head: weight ``[heads, d_head, d]`` and bias ``[heads, d_head]``
+    (key/value groups expanded to their query heads by ``group``)."""
+    proj = resolve(layer, path)
+    w = proj.weight.view(n_out, d_head, -1)
+    b = proj.bias.view(n_out, d_head) if proj.bias is not None else None
+    if group is not None:
+        w, b = w[group], (b[group] if b is not None else None)
+    return w, b
+
+
+def _attention_writes(hf, a: Adapter, layer, x, deltas, l: int, cos, sin, mask):
+    """Each head's write ``[B, T, H, d]`` from its own copies of the residual stream."""
+    c = hf.config
+    H, G = c.num_attention_heads, c.num_key_value_heads
+    dh = getattr(c, "head_dim", None) or c.hidden_size // H
+    B, T, d = x.shape
+    group = torch.arange(H, device=x.device) // (H // G)     # query head -> its KV group
+    per_head = {}
+    for kind, path, norm in (("q", a.q_proj, a.q_norm), ("k", a.k_proj, a.k_norm),
+                             ("v", a.v_proj, None)):
+        xin = x[:, :, None, :].expand(B, T, H, d)
+        if deltas is not None and kind in deltas:
+            xin = xin + deltas[kind][l]
+        w, b = _projection(layer, path, H if kind == "q" else G, dh,
+                           None if kind == "q" else group)
+        out = torch.einsum("bthd,hed->bhte", resolve(layer, a.attn_norm)(xin), w)
+        out = out + b[None, :, None] if b is not None else out
+        per_head[kind] = resolve(layer, norm)(out) if norm else out    # Qwen3 q/k norms
+    q, k = apply_rotary_pos_emb(per_head["q"], per_head["k"], cos, sin)
+    scores = q @ k.transpose(-1, -2) * resolve(layer, a.attention).scaling + mask
+    z = torch.softmax(scores.float(), -1).to(q.dtype) @ per_head["v"]      # [B, H, T, dh]
+    return torch.einsum("bhte,dhe->bthd", z, _layer_w_o(layer, a, H))
+
+
+def _layer_w_o(layer, a: Adapter, n_heads: int) -> torch.Tensor:
+    w = resolve(layer, a.o_proj).weight
+    w = w.T if a.o_proj_conv1d else w                        # [d_model, n_heads * d_head]
+    return w.reshape(w.shape[0], n_heads, -1)
+
+
+def receiver_forward(hf, ids: torch.Tensor, deltas: dict | None = None):
+    """A forward in which every receiver reads its own copy of the residual stream: each query
+    head's query, key and value inputs (key/value groups expanded per query head), each MLP's
+    input and the unembedding's. ``deltas`` (optional) are added to those copies: ``q``, ``k``,
+    ``v`` ``[L, B, T, H, d]``, ``mlp [L, B, T, d]``, ``out [B, T, d]``. Returns the logits
+    ``[B, T, V]`` and the senders' outputs: ``embed [B, T, d]``, ``heads [L, B, T, H, d]``,
+    ``mlp [L, B, T, d]``."""
+    a = adapter(hf)
+    a.require("edges")
+    T = ids.shape[1]
+    x = resolve(hf, a.embed)(ids)
+    senders = {"embed": x, "heads": [], "mlp": []}
+    cos, sin = resolve(hf, a.rotary)(x, position_ids=torch.arange(T, device=ids.device)[None])
+    mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
+    for l, layer in enumerate(layers(hf)):
+        writes = _attention_writes(hf, a, layer, x, deltas, l, cos, sin, mask)
+        senders["heads"].append(writes)
+        bias = resolve(layer, a.o_proj).bias
+        x = x + writes.sum(2) + (bias if bias is not None else 0)
+        xin = x + deltas["mlp"][l] if deltas is not None and "mlp" in deltas else x
+        mlp_out = resolve(layer, a.mlp)(resolve(layer, a.mlp_norm)(xin))
+        senders["mlp"].append(mlp_out)
+        x = x + mlp_out
+    xin = x + deltas["out"] if deltas is not None and "out" in deltas else x
+    senders["heads"], senders["mlp"] = torch.stack(senders["heads"]), torch.stack(senders["mlp"])
+    return unembed(hf, xin), senders

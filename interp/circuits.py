@@ -8,6 +8,11 @@ Distances: :func:`disattenuated` (the headline: 1 - r_ab / sqrt(r_a r_b), Pearso
 each map's own measurement noise), :func:`spearman`, top-k :func:`jaccard`, rank-biased overlap
 (:func:`rbo`), the exact permutation null of a top-k overlap (:func:`overlap_pvalue`), and the
 per-layer L1 shift.
+
+If you add a distance: a function here and its entry in :func:`distances` (every run's
+``results.json["distances"]`` and the report's table then carry it). The verdict's distance is
+the disattenuated one, bootstrapped in :mod:`interp.shift.estimator`; a new headline distance
+replaces the statistic there.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from scipy.stats import hypergeom, spearmanr
 
-from interp.names import head_name, mlp_name
+from interp.names import head_name, largest, mlp_name, top_heads
 from interp.results import Result
 from interp.stats import pearson
 
@@ -47,9 +52,7 @@ class ScoreMap(Result):
 
     def top_heads(self, k: int) -> list[tuple[int, int]]:
         """The ``k`` heads with the largest absolute score, as (layer, head), largest first."""
-        H = self.heads.shape[1]
-        order = self.heads.flatten().abs().argsort(descending=True, stable=True)[:k]
-        return [divmod(int(i), H) for i in order]
+        return top_heads(self.heads, k)
 
     def per_layer(self) -> torch.Tensor:
         """Summed absolute score per layer (heads and MLP): ``[layer]``."""
@@ -87,7 +90,7 @@ class ScoreMap(Result):
 def top_k(scores: ScoreMap, k: int) -> list[int]:
     """Flat indices of the k components with the largest absolute score, largest first."""
     k = min(k, scores.flat.numel())
-    return scores.flat.abs().argsort(descending=True, stable=True)[:k].tolist()
+    return largest(scores.flat, k)
 
 
 def components(scores: ScoreMap, idx) -> tuple[list[tuple[int, int]], list[int]]:

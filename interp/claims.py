@@ -13,7 +13,11 @@ which also asks the secondary contrast to agree), so the run and the table never
 Intervals over test queries treat seeds as a random factor: queries are resampled (shared by
 every seed) and, with several demonstration or fine-tuning seeds, the between-seed variance of
 the per-seed accuracies is added (t interval); with one seed an interval is conditional on it.
-The study corrects the verdicts for multiplicity (:func:`interp.study.summarise`).
+The study corrects the verdicts for multiplicity (:func:`interp.study.claims_summary`).
+
+If you add a claim: its :class:`Claim` entry in :data:`CLAIMS` and its estimate in
+:func:`claim_rows` (both in this file), committed before the first study run that reports it;
+``claim_rows`` then writes it into every study's table and report.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.shift.compare import interval
+from interp.shift.contrasts import interval
 from interp.shift.estimator import mean_stat
 from interp.shift.schema import ConditionKey
 from interp.shift.verdict import decide, mdd

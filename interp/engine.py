@@ -353,7 +353,7 @@ class PrefixRunner:
 
 @torch.no_grad()
 def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max_new_tokens: int,
-                    batch_size: int = 8, use_cache: bool = True, progress=None) -> list[str]:
+                    batch_size: int = 8, use_cache: bool = True, bar=None) -> list[str]:
     """Greedy continuations of ``prefix + query`` for each query (decoded text)."""
     runner = PrefixRunner(model, prefix, use_cache=use_cache)
     eos = model.tokenizer.eos_token_id
@@ -376,15 +376,15 @@ def greedy_generate(model: LoadedModel, prefix: str, queries: Sequence[str], max
             if eos is not None and eos in row:
                 row = row[: row.index(eos)]
             texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
-        if progress is not None:
-            progress.update(len(suffixes))
+        if bar is not None:
+            bar.update(len(suffixes))
     return texts
 
 
 @torch.no_grad()
 def choice_logprobs(model: LoadedModel, prefix: str, queries: Sequence[str],
                     choices: Sequence[str], sep: str = " ", batch_size: int = 8,
-                    use_cache: bool = True, progress=None) -> torch.Tensor:
+                    use_cache: bool = True, bar=None) -> torch.Tensor:
     """Summed log-probability of each ``sep + choice`` after each query: ``[n_queries,
     n_choices]``. When every choice is one token, one forward per query scores all of them."""
     runner = PrefixRunner(model, prefix, use_cache=use_cache)
@@ -399,8 +399,8 @@ def choice_logprobs(model: LoadedModel, prefix: str, queries: Sequence[str],
                 logits, *_ = runner.forward([ids[i] for i in idx], keep=1)
                 logp = torch.log_softmax(logits[:, -1].float(), dim=-1)
                 out[idx] = logp[:, [c[0] for c in choice_ids]].cpu()
-                if progress is not None:
-                    progress.update(len(idx))
+                if bar is not None:
+                    bar.update(len(idx))
         return out
     per_batch = max(1, batch_size // C)
     for chunk in chunks(len(queries), per_batch):
@@ -413,6 +413,6 @@ def choice_logprobs(model: LoadedModel, prefix: str, queries: Sequence[str],
             targets = torch.tensor(suffix[q_len: q_len + c_len], device=logp.device)
             picked = logp[r, q_len - 1: q_len - 1 + c_len].gather(-1, targets[:, None])
             out[chunk[0] + r // C, r % C] = picked.sum().cpu()
-        if progress is not None:
-            progress.update(len(chunk))
+        if bar is not None:
+            bar.update(len(chunk))
     return out

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from interp.engine import choice_logprobs, greedy_generate
 from interp.errors import ConfigError, TaskError
-from interp.files import dumps, read_json, write_csv, write_json, write_text
+from interp.files import dumps, write_csv, write_text
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt, choose_demos
 from interp.results import Result
@@ -37,7 +37,7 @@ from interp.stats import mcnemar, wilson
 from interp.tasks import REGISTRY, Example, generate, get_task
 from interp.version import __version__
 
-CONDITIONS = ("pattern", "control")
+ITEM_KINDS = ("pattern", "control")
 SCORINGS = ("likelihood", "generation")
 _NUMBER = re.compile(r"^\s*(-?\d+(?:\.\d+)?)")
 
@@ -125,30 +125,38 @@ class EvalResult(Result):
     def to_dict(self) -> dict:
         return self._meta()
 
-    def save(self, out_dir: str | Path) -> Path:
-        """``eval_<task>.json``, ``accuracy_<task>.csv``, ``predictions_<task>.jsonl``."""
-        out = Path(out_dir)
-        write_json(out / f"eval_{self.task}.json", self._meta())
+    @property
+    def stem(self) -> str:
+        return f"eval_{self.task}"
+
+    @classmethod
+    def _stem_in(cls, directory: Path) -> str:
+        found = sorted(directory.glob("eval_*.json"))
+        return found[0].stem if found else "eval_<task>"
+
+    def _save_extra(self, out: Path) -> None:
+        """``accuracy_<task>.csv`` (the frame) and ``predictions_<task>.jsonl``."""
         write_csv(out / f"accuracy_{self.task}.csv", self.to_frame())
         write_text(out / f"predictions_{self.task}.jsonl", "".join(
             dumps(asdict(p), indent=None) + "\n" for p in self.predictions))
-        return out
+
+    def _load_extra(self, directory: Path) -> None:
+        path = directory / f"predictions_{self.task}.jsonl"
+        if path.is_file():
+            self.predictions = [Prediction(**json.loads(line))
+                                for line in path.read_text().splitlines()]
+
+    @classmethod
+    def _from(cls, tensors: dict, meta: dict) -> EvalResult:
+        return cls(meta["model"], meta["task"], meta["seed"], meta["shots"],
+                   [AccuracyRow(**r) for r in meta["rows"]], [], meta.get("selection", {}),
+                   meta.get("paired", []), meta.get("demo_ids", {}),
+                   meta.get("version", __version__))
 
     @classmethod
     def load(cls, directory: str | Path, task: str | None = None) -> EvalResult:
-        directory = Path(directory)
-        paths = [directory / f"eval_{task}.json"] if task else sorted(
-            directory.glob("eval_*.json"))
-        meta = read_json(paths[0]) if paths else None
-        if meta is None:
-            raise ConfigError(f"no readable eval_<task>.json in {directory}")
-        path = directory / f"predictions_{meta['task']}.jsonl"
-        preds = [json.loads(line) for line in path.read_text().splitlines()] \
-            if path.is_file() else []
-        return cls(meta["model"], meta["task"], meta["seed"], meta["shots"],
-                   [AccuracyRow(**r) for r in meta["rows"]], [Prediction(**p) for p in preds],
-                   meta.get("selection", {}), meta.get("paired", []), meta.get("demo_ids", {}),
-                   meta.get("version", __version__))
+        """``eval_<task>.json`` and its predictions (the first task found when not told)."""
+        return super().load(directory, f"eval_{task}" if task else None)
 
     def accuracy(self, condition: str, shots: int, split: str = "test",
                  scoring: str | None = None) -> float:
@@ -159,7 +167,7 @@ class EvalResult(Result):
 
 def predict(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Example] = (),
             header: bool | str | None = True, batch_size: int = 8, use_cache: bool = True,
-            chat: bool = False, progress=None, scoring: str = "likelihood"
+            chat: bool = False, bar=None, scoring: str = "likelihood"
             ) -> list[tuple[str, str]]:
     """(parsed prediction, raw continuation) for each query under the same demonstrations."""
     if not queries:
@@ -173,14 +181,14 @@ def predict(model: LoadedModel, queries: Sequence[Example], demos: Sequence[Exam
     choices = queries[0].choices
     if choices and scoring == "likelihood":
         scores = choice_logprobs(model, prefix, texts, choices, sep=answer_sep(task),
-                                 batch_size=batch_size, use_cache=use_cache, progress=progress)
+                                 batch_size=batch_size, use_cache=use_cache, bar=bar)
         best = scores.argmax(-1).tolist()
         return [(choices[b], " ".join(f"{c}:{s:.3f}" for c, s in zip(choices, row)))
                 for b, row in zip(best, scores.tolist())]
     family = get_task(task) if task in REGISTRY else None
     max_new = family.max_new_tokens if family else 8
     raw = greedy_generate(model, prefix, texts, max_new, batch_size=batch_size,
-                          use_cache=use_cache, progress=progress)
+                          use_cache=use_cache, bar=bar)
     return [(parse_answer(r), r) for r in raw]
 
 
@@ -196,7 +204,7 @@ def score(queries: Sequence[Example], outputs: Sequence[tuple[str, str]], condit
     return preds
 
 
-def summarise(task: str, queries: Sequence[Example], preds: Sequence[Prediction],
+def accuracy_row(task: str, queries: Sequence[Example], preds: Sequence[Prediction],
               condition: str, shots: int, split: str, scoring: str) -> AccuracyRow:
     n, k = len(preds), sum(p.correct for p in preds)
     lo, hi = wilson(k, n)
@@ -228,7 +236,7 @@ def paired_tests(preds: Sequence[Prediction], shots: Sequence[int], scoring: str
 
 
 def evaluate(model: LoadedModel, task: str, shots: Sequence[int] = (0, 4), n: int = 100,
-             seed: int = 0, conditions: Sequence[str] = CONDITIONS, header: bool | str = True,
+             seed: int = 0, conditions: Sequence[str] = ITEM_KINDS, header: bool | str = True,
              batch_size: int = 8, use_cache: bool = True, n_validation: int | None = None,
              pool_size: int = 256, chat: bool = False, progress: bool = True,
              scoring: str | Sequence[str] = "likelihood", **knobs) -> EvalResult:
@@ -239,9 +247,9 @@ def evaluate(model: LoadedModel, task: str, shots: Sequence[int] = (0, 4), n: in
     answer sets.
     """
     family = get_task(task)
-    bad = set(conditions) - set(CONDITIONS)
+    bad = set(conditions) - set(ITEM_KINDS)
     if bad:
-        raise TaskError(f"unknown condition {sorted(bad)[0]!r}; choose from {CONDITIONS}")
+        raise TaskError(f"unknown condition {sorted(bad)[0]!r}; choose from {ITEM_KINDS}")
     scorings = [scoring] if isinstance(scoring, str) else list(scoring)
     if not scorings or any(s not in SCORINGS for s in scorings):
         raise ConfigError(f"scoring must be among {', '.join(SCORINGS)}, got {scoring!r}")
@@ -268,7 +276,7 @@ def evaluate(model: LoadedModel, task: str, shots: Sequence[int] = (0, 4), n: in
         outputs = predict(model, queries, demo_sets[k], header, batch_size, use_cache, chat, bar,
                           scoring=s)
         preds = score(queries, outputs, cond, k, split)
-        rows.append(summarise(task, queries, preds, cond, k, split, s))
+        rows.append(accuracy_row(task, queries, preds, cond, k, split, s))
         if s == scorings[0]:
             all_preds.extend(preds)
     bar.close()

@@ -98,33 +98,41 @@ def add_model(p: argparse.ArgumentParser, default: str | None = "smollm2-135m") 
     add_device(p)
 
 
+def add_task_or_file(p: argparse.ArgumentParser, task_help: str, flag: str, file_help: str
+                     ) -> None:
+    """``--task`` (generated items) or ``flag`` (a JSONL file of the user's): exactly one."""
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help=task_help)
+    src.add_argument(flag, help=file_help)
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"),
                    help="model dtype (default: bfloat16 on CUDA, float32 on CPU)")
 
 
-def add_settings(parser, cls) -> None:
+def _options(cls, skip=()):
+    return [f for f in dataclasses.fields(cls) if "help" in f.metadata and f.name not in skip]
+
+
+def add_settings(parser, cls, defaults=None, skip=()) -> None:
     """One option per field of dataclass ``cls`` that carries option metadata (``help``,
-    ``flag``, ``argparse``; see :func:`interp.shift.config.setting`), in field order."""
-    for f in dataclasses.fields(cls):
+    ``flag``, ``argparse``; see :func:`interp.shift.config.setting`), in field order, but those
+    in ``skip``; ``defaults`` (an instance of ``cls``) replaces the fields' own defaults."""
+    for f in _options(cls, skip):
         meta = f.metadata
-        if "help" not in meta:
-            continue
         flag = meta["flag"] or "--" + f.name.replace("_", "-")
-        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        default = f.default if defaults is None else getattr(defaults, f.name)
+        default = list(default) if isinstance(default, tuple) else default
         parser.add_argument(flag, dest=f.name, default=default, help=meta["help"],
                             **meta["argparse"])
 
 
-def settings_from(args, cls) -> dict:
+def settings_from(args, cls, skip=()) -> dict:
     """The values of :func:`add_settings`' options, as ``cls``'s keyword arguments."""
-    out = {}
-    for f in dataclasses.fields(cls):
-        if "help" in f.metadata:
-            value = getattr(args, f.name)
-            out[f.name] = tuple(value) if isinstance(f.default, tuple) else value
-    return out
+    return {f.name: tuple(v) if isinstance(f.default, tuple) else v
+            for f in _options(cls, skip) for v in [getattr(args, f.name)]}
 
 
 def sweep_keys(cls) -> dict[str, type]:

@@ -86,26 +86,58 @@ def choose_demos(task: str, shots: int, seed: int = 0, pool_size: int = POOL_SIZ
 
 def relabel(demos: Sequence[Example], seed: int = 0,
             wrong: int | None = None) -> tuple[list[Example], float]:
-    """The same demonstrations with answers re-drawn so that exactly ``wrong`` of them (default:
-    half, rounded down) are wrong; returns them and the share of answers kept right."""
+    """The same demonstrations with some answers wrong; returns them and the share of answers
+    kept right.
+
+    Closed answer sets keep the label counts: the answers of the wrong positions are permuted
+    among themselves so that each gets another label (with two labels, ``wrong / 2`` of each
+    swap). The default ``wrong`` is ``2 * (k // 4)``: exactly half when k is a multiple of 4,
+    fewer otherwise (the share is returned and recorded). Open answer sets (numbers) take
+    another demonstration's answer at ``k // 2`` (default) positions."""
     demos = list(demos)
     if not demos:
         return [], 1.0
-    n_wrong = len(demos) // 2 if wrong is None else wrong
     rng = random.Random(f"relabel|{seed}")
-    flip = set(rng.sample(range(len(demos)), n_wrong))
-    out = []
+    if demos[0].choices:
+        flip = _balanced_flips(demos, rng, 2 * (len(demos) // 4) if wrong is None else wrong)
+    else:
+        flip = _open_flips(demos, rng, len(demos) // 2 if wrong is None else wrong)
+    out = [replace(d, target=flip[i], meta={**d.meta, "relabelled": True}) if i in flip else d
+           for i, d in enumerate(demos)]
+    return out, 1 - len(flip) / len(demos)
+
+
+def _balanced_flips(demos: list[Example], rng: random.Random, wrong: int) -> dict[int, str]:
+    """Positions -> new labels: ``wrong`` positions (fewer if the labels cannot be balanced)
+    drawn round-robin over the labels, their labels rotated by half so none keeps its own."""
+    by_label: dict[str, list[int]] = {}
     for i, d in enumerate(demos):
-        if i not in flip:
-            out.append(d)
-            continue
-        others = [c for c in (d.choices or []) if c != d.target]
-        if not others:  # open answers: another demonstration's answer, else a shifted number
-            others = [x.target for x in demos if x.target != d.target]
-            others = others or [str(int(d.target) + 1) if d.target.lstrip("-").isdigit()
-                                else d.target + "0"]
-        out.append(replace(d, target=rng.choice(others), meta={**d.meta, "relabelled": True}))
-    return out, 1 - n_wrong / len(demos)
+        by_label.setdefault(d.target, []).append(i)
+    for positions in by_label.values():
+        rng.shuffle(positions)
+    chosen: list[int] = []
+    while len(chosen) < wrong:
+        # the two labels with most positions left give one each: the choice stays balanced
+        left = sorted((lab for lab in by_label if by_label[lab]),
+                      key=lambda lab: (-len(by_label[lab]), rng.random()))
+        if len(left) < 2 or len(chosen) + 2 > wrong:
+            break
+        chosen += [by_label[left[0]].pop(), by_label[left[1]].pop()]
+    chosen.sort(key=lambda i: demos[i].target)
+    half = len(chosen) // 2
+    return {i: demos[chosen[(j + half) % len(chosen)]].target for j, i in enumerate(chosen)}
+
+
+def _open_flips(demos: list[Example], rng: random.Random, wrong: int) -> dict[int, str]:
+    """Positions -> another demonstration's answer (else a shifted number)."""
+    out = {}
+    for i in sorted(rng.sample(range(len(demos)), min(wrong, len(demos)))):
+        d = demos[i]
+        others = [x.target for x in demos if x.target != d.target]
+        others = others or [str(int(d.target) + 1) if d.target.lstrip("-").isdigit()
+                            else d.target + "0"]
+        out[i] = rng.choice(others)
+    return out
 
 
 @dataclass(frozen=True)

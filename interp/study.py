@@ -10,7 +10,7 @@ and model across tasks, and a forest plot of every claim.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -22,7 +22,7 @@ from interp.files import check_writable, now, read_json, write_csv, write_json
 from interp.locks import release_outputs
 from interp.provenance import write_provenance
 from interp.report.study import write_study_report
-from interp.shift import ShiftConfig, preflight, run_shift
+from interp.shift import ShiftConfig, preflight, run_shift, study_template
 from interp.tasks import get_task
 
 CLAIM_COLUMNS = ["claim", "task", "model", "prediction", "margin", "estimate", "ci_low",
@@ -36,26 +36,12 @@ ALPHA = 0.05
 class StudyConfig:
     models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
     tasks: list[str] = field(default_factory=lambda: ["boolean"])
-    shots: int = 4
-    n_train: int = 64
-    n_eval: int = 32
-    n_pairs: int = 16
-    demo_seeds: int = 5
-    ft_seeds: int = 5
-    n_boot: int = 500
-    quick: bool = False
+    #: the cells' settings (:func:`study_template`); each cell replaces model, task, out, knobs
+    shift: ShiftConfig = field(default_factory=study_template)
     preflight: bool = False
-    probes: bool = False
-    device: str | None = None
-    dtype: str | None = None
     out: str = "runs/study"
-    force: bool = False
-    progress: bool = True
     #: task -> knobs (default: each family's documented measurable setting)
     knobs: dict = field(default_factory=dict)
-    #: 1, not 0: the measurable settings were chosen on seed-0 pairs, so the study measures on
-    #: fresh pairs, demonstrations and training data
-    seed: int = 1
 
     def __post_init__(self):
         if not self.models or not self.tasks:
@@ -67,14 +53,9 @@ class StudyConfig:
 
     def shift_config(self, model: str, task: str) -> ShiftConfig:
         """The cell's shift settings, with the sizes it runs at (quick ones under ``quick``)."""
-        config = ShiftConfig(
-            model=model, task=task, shots=self.shots, n_train=self.n_train, n_eval=self.n_eval,
-            n_pairs=self.n_pairs, demo_seeds=self.demo_seeds, ft_seeds=self.ft_seeds,
-            n_boot=self.n_boot, quick=self.quick, probes=self.probes, causal=True,
-            device=self.device, dtype=self.dtype, out=str(cell_dir(self.out, model, task)),
-            force=self.force, progress=self.progress, seed=self.seed,
-            knobs=dict(self.knobs.get(task, get_task(task).measurable_knobs)))
-        return config.resolved()
+        knobs = dict(self.knobs.get(task, get_task(task).measurable_knobs))
+        return replace(self.shift, model=model, task=task, out=str(cell_dir(self.out, model, task)),
+                       knobs=knobs).resolved()
 
 
 def cell_dir(out: str | Path, model: str, task: str) -> Path:
@@ -123,7 +104,7 @@ def _run_cells(config: StudyConfig) -> dict:
                     rows += skipped_rows(shift_config, model, task, f"not run: {exc}")
                     cell["status"] = f"failed: {exc}"
                 else:
-                    rows += claim_rows(results, model, task, config.n_boot)
+                    rows += claim_rows(results, model, task, shift_config.n_boot)
                     cell.update(status="done", verdict_code=results["verdict_code"],
                                 seconds=results["timings"].get("total"))
             cell["started"], cell["ended"] = began, now()
@@ -133,7 +114,7 @@ def _run_cells(config: StudyConfig) -> dict:
 
 
 def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], started: str):
-    summary = summarise(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
+    summary = claims_summary(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
     claims = pd.DataFrame(summary["claims"], columns=CLAIM_COLUMNS)
     write_csv(out / "claims.csv", claims)
     write_csv(out / "claims_pooled.csv", pd.DataFrame(summary["pooled"]))
@@ -225,7 +206,7 @@ def pool(estimates: list[float], ses: list[float]) -> dict:
     return {"estimate": value, "ci_low": value - half, "ci_high": value + half, "tau2": tau2}
 
 
-def summarise(claims: pd.DataFrame) -> dict:
+def claims_summary(claims: pd.DataFrame) -> dict:
     """Holm-adjusted p-values (see :func:`apply_holm`) and, per claim and model, a pooled
     estimate across tasks (:func:`pool`) where there are at least 3 tasks; with fewer, the
     per-task rows are the result."""

@@ -22,3 +22,4 @@ def smol():
     from interp.models import load_model
 
     return load_model("smollm2-135m", device="cpu")
+

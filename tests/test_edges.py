@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from interp.analysis.edges import (
-    KINDS,
+    EDGE_INPUTS,
     edge_attribution,
     edge_faithfulness,
     patch_edges,
@@ -98,11 +98,11 @@ def test_single_edge_patch_matches_an_independent_mha_reference(setup, kind):
     h2.remove()
     s = 1 + sender[0] * H + sender[1]
     ours = patch_edges(model, clean, corrupt, metric,
-                       [("heads", recv_layer, recv_head, KINDS.index(kind), s)])
+                       [("heads", recv_layer, recv_head, EDGE_INPUTS.index(kind), s)])
     torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
     # and the group partner's keys/values were left alone: patching head 0's edge differs
     other = patch_edges(model, clean, corrupt, metric,
-                        [("heads", recv_layer, 0, KINDS.index(kind), s)])
+                        [("heads", recv_layer, 0, EDGE_INPUTS.index(kind), s)])
     with torch.no_grad():
         unpatched = metric(split_forward(model, corrupt)[0])
     assert (ours - unpatched).abs().max() > 1e-6       # the edge does something

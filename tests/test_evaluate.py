@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -91,6 +92,10 @@ def test_icl_lifts_boolean_pattern_accuracy_on_embedded_model(smol, tmp_path):
     back = EvalResult.load(tmp_path, "boolean")
     assert back.to_frame().equals(result.to_frame()) and len(back.predictions) == len(
         result.predictions)
+    # the one result contract: the stem found when not told, and the largest accuracies first
+    assert EvalResult.load(tmp_path).to_dict() == result.to_dict()
+    assert back.top(1)["value"].item() == max(r.accuracy for r in result.rows)
+    assert json.loads((tmp_path / "eval_boolean.json").read_text())["type"] == "EvalResult"
 
 
 def test_open_answer_scores_exact_and_lenient(tiny):

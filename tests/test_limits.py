@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -329,9 +330,9 @@ def test_an_interrupted_study_marks_its_tables_partial(tmp_path, monkeypatch):
 
     real = study.run_shift
     monkeypatch.setattr(study, "run_shift", stop_after_first)
-    config = study.StudyConfig(models=[TINY], tasks=["boolean", "parity"], quick=True,
-                               demo_seeds=1, ft_seeds=1, out=str(tmp_path / "st"),
-                               progress=False)
+    shift = replace(study.study_template(), quick=True, demo_seeds=1, ft_seeds=1, progress=False)
+    config = study.StudyConfig(models=[TINY], tasks=["boolean", "parity"], shift=shift,
+                               out=str(tmp_path / "st"))
     with pytest.raises(KeyboardInterrupt):
         study.run_study(config)
     record = json.loads((tmp_path / "st" / "study.json").read_text())

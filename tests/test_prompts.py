@@ -1,4 +1,5 @@
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
@@ -24,12 +25,28 @@ def test_demos_seeded_balanced_nested_and_bounded():
         choose_demos("boolean", -1)
 
 
-def test_relabel_makes_exactly_half_wrong():
-    demos = choose_demos("boolean", 4, seed=0)
-    wrong, agreement = relabel(demos, seed=0)
-    assert [d.input for d in wrong] == [d.input for d in demos]
+@pytest.mark.parametrize("task", ["boolean", "parity", "relation", "code"])
+def test_relabel_keeps_label_counts_with_exactly_half_wrong(task):
+    for k in (4, 8, 12):
+        for seed in range(6):
+            demos = choose_demos(task, k, seed=seed)
+            wrong, agreement = relabel(demos, seed=seed)
+            assert [d.input for d in wrong] == [d.input for d in demos]
+            if demos[0].choices:   # closed answers: the counts stay, exactly half wrong
+                assert Counter(d.target for d in wrong) == Counter(d.target for d in demos)
+                assert sum(w.target != d.target for w, d in zip(wrong, demos)) == k // 2
+                assert agreement == 0.5
+
+
+def test_relabel_below_a_multiple_of_four_flips_fewer_and_says_so():
+    demos = choose_demos("boolean", 6, seed=3)
+    wrong, agreement = relabel(demos, seed=3)
+    assert Counter(d.target for d in wrong) == Counter(d.target for d in demos)
     assert sum(w.target != d.target for w, d in zip(wrong, demos)) == 2
-    assert agreement == 0.5
+    assert agreement == pytest.approx(4 / 6)
+    unbalanced = [replace(d, target="True") for d in demos[:5]] + demos[5:6]
+    wrong, _ = relabel(unbalanced, seed=0, wrong=4)    # one False: only one pair can swap
+    assert Counter(d.target for d in wrong) == Counter(d.target for d in unbalanced)
     numbers, _ = relabel(choose_demos("expression", 6, seed=0), seed=1)
     assert sum(w.target != d.target for w, d in
                zip(numbers, choose_demos("expression", 6, seed=0))) == 3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from clirun import run_in_process
 
 from interp.cli import main
 from interp.files import atomic_path, read_json, write_json
@@ -50,7 +51,7 @@ def run(*args, cwd=None):
     (["shift", "--model", TINY, "--quick", "--out", "afile/sub"], "not writable"),
     (["gaps", "--models", TINY, "--tasks", "boolean,parity", "--knob", "cities=4"], "one task"),
 ])
-def test_bad_values_are_one_line_and_exit_2(args, needle, tmp_path):
+def test_bad_values_are_one_line_and_exit_2(args, needle, tmp_path, monkeypatch):
     (tmp_path / "bad.yaml").write_text("models: [tiny-random-llama]\ntasks: [boolean]\n"
                                        "eval: {shots: [0], n: two}\n")
     row = {"clean": "a b", "corrupt": "a c", "answer": " x", "foil": " y"}
@@ -59,7 +60,8 @@ def test_bad_values_are_one_line_and_exit_2(args, needle, tmp_path):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps({**row, **change}) + "\n")
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("x")
-    out = run(*args, cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)
+    out = run_in_process(*args)
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert needle in out.stderr, out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -14,7 +14,7 @@ import torch
 from interp.circuits import ScoreMap, disattenuated, distances, jaccard, overlap_pvalue, rbo, top_k
 from interp.errors import StaleResultsError
 from interp.shift import CONDITIONS, SHAMS, ShiftConfig, run_shift
-from interp.shift.compare import compare_scores, gate
+from interp.shift.contrasts import compare_scores, gate
 from interp.shift.verdict import RULES, decide
 
 ARTIFACTS = Path(os.environ.get("INTERP_ARTIFACTS", "runs/test-artifacts"))

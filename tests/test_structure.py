@@ -85,13 +85,14 @@ def test_no_import_cycle():
 #: own layer or the layers before it. A name stands for the module and everything below it; the
 #: longest matching name decides a module's layer.
 LAYERS = (
-    ("interp.errors", "interp.version", "interp.stats", "interp.shift.estimator",
-     "interp.shift.verdict", "interp.shift.table", "interp.names", "interp.analysis.metrics",
+    ("interp.errors", "interp.version", "interp.lazy", "interp.stats", "interp.shift.estimator",
+     "interp.shift.verdict", "interp.names", "interp.analysis.metrics",
      "interp.report.html"),
     ("interp.files", "interp.locks", "interp.budget", "interp.options", "interp.tracking",
      "interp.results", "interp.plots"),
     ("interp.tasks",),
     ("interp.prompts",),
+    ("interp.shift.table",),
     ("interp.arch", "interp.models"),
     ("interp.provenance", "interp.engine"),
     ("interp.evaluate", "interp.finetune"),

@@ -12,7 +12,7 @@ import torch
 from interp.claims import BY_NAME, CLAIMS, partial_spearman, verdict
 from interp.cli import main
 from interp.shift.causal import matched_random_sets, share_test
-from interp.study import CLAIM_COLUMNS, summarise
+from interp.study import CLAIM_COLUMNS, claims_summary
 
 ARTIFACTS = Path(os.environ.get("INTERP_ARTIFACTS", "runs/test-artifacts"))
 
@@ -90,7 +90,7 @@ def test_holm_minimal_effect_pvalues_and_pooling():
     rows = [{"claim": "icl_beats_ft", "task": t, "model": "m", "margin": 0.05, "estimate": e,
              "ci_low": e - 0.1, "ci_high": e + 0.1, "se": 0.1 / 1.96, "verdict": v}
             for t, e, v in (("a", 0.5, "holds"), ("b", 0.16, "holds"), ("c", 0.02, "x"))]
-    summary = summarise(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
+    summary = claims_summary(pd.DataFrame(rows, columns=CLAIM_COLUMNS))
     by_task = {r["task"]: r for r in summary["claims"]}
     # the family: two minimal-effect tests per row; p for theta <= margin at a: tiny
     se = 0.1 / 1.96
@@ -103,7 +103,7 @@ def test_holm_minimal_effect_pvalues_and_pooling():
     assert pooled["tasks"] == 3 and 0.02 < pooled["estimate"] < 0.5 and pooled["tau2"] > 0
     # Hartung-Knapp: t with k - 1 = 2 degrees of freedom, wider than a normal interval
     assert pooled["ci_high"] - pooled["ci_low"] > 2 * 1.96 * math.sqrt(pooled["tau2"] / 3)
-    two = summarise(pd.DataFrame(rows[:2], columns=CLAIM_COLUMNS))["pooled"][0]
+    two = claims_summary(pd.DataFrame(rows[:2], columns=CLAIM_COLUMNS))["pooled"][0]
     assert two["estimate"] is None and "fewer than 3" in two["reason"]
 
 

@@ -11,7 +11,7 @@ from interp.analysis.edges import EdgeScores, edge_attribution, edge_faithfulnes
 from interp.analysis.icl_heads import ICLHeads, find_icl_heads, function_vector, inject
 from interp.analysis.metrics import answer_logprob, answer_prob, first_answer_token, logit_diff
 from interp.analysis.pairs import patch_pairs, read_pairs, task_pairs, tokenize_pairs
-from interp.analysis.patching import ablate, activation_patch, patch_set, run_metric, sweep
+from interp.analysis.patching import ablate, activation_patch, patch_set, patch_sweep, run_metric
 from interp.analysis.results import PatchResult
 
 __all__ = ["COMPONENTS", "Component", "EdgeScores", "ICLHeads", "PatchResult", "ablate",
@@ -19,7 +19,7 @@ __all__ = ["COMPONENTS", "Component", "EdgeScores", "ICLHeads", "PatchResult", "
            "attribution_patch", "cross_model_patch", "direct_logit_attribution",
            "edge_attribution", "edge_faithfulness", "find_icl_heads", "first_answer_token",
            "function_vector", "inject", "kind", "logit_diff", "patch_edges", "patch_pairs",
-           "patch_set", "read_pairs", "run_metric", "sweep", "task_pairs", "tokenize_pairs"]
+           "patch_set", "read_pairs", "patch_sweep", "run_metric", "task_pairs", "tokenize_pairs"]
 
 
 def __dir__():

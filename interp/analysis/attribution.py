@@ -17,7 +17,7 @@ import warnings
 
 import torch
 
-from interp.analysis.components import KINDS, kind
+from interp.analysis.components import COMPONENT_KINDS, hook_names, kind, resid_hook
 from interp.analysis.patching import first_difference
 from interp.arch import b_o as output_bias
 from interp.arch import final_norm, head_writes, layer_module, rms_gain, unwrap, w_o
@@ -101,8 +101,8 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
                                "attribution: its logits are soft-capped (not linear in the "
                                "residual stream)")
     bridge, hf, L = model.bridge, model.hf, model.n_layers
-    names = ([KINDS["heads"].hook_name(l) for l in range(L)] +
-             [KINDS["mlp"].hook_name(l) for l in range(L)] + [KINDS["resid"].hook_name(0)])
+    heads_hook, mlp_hook = COMPONENT_KINDS["heads"].hook_name, COMPONENT_KINDS["mlp"].hook_name
+    names = hook_names(L) + [resid_hook(0)]
     acts, hooks = capture(names + ["ln_final.hook_in"], graph=True)
     hooks.append(("ln_final.hook_scale", _frozen))
     with torch.enable_grad(), warnings.catch_warnings():
@@ -118,7 +118,7 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
     with torch.no_grad():
         heads, mlp, bias = [], [], torch.zeros(tokens.shape[0])
         for l in range(L):
-            z = acts[KINDS["heads"].hook_name(l)][:, position].detach().float()  # [b, head, e]
+            z = acts[heads_hook(l)][:, position].detach().float()  # [b, head, e]
             w = w_o(hf, l).detach().float()
             b_o = output_bias(hf, l)
             raw = torch.einsum("bhe,dhe->bd", z, w)
@@ -132,9 +132,9 @@ def direct_logit_attribution(model: LoadedModel, tokens: torch.Tensor, answer_id
                     gain = rms_gain(layer_module(hf, l, a.post_attn_norm), raw,
                                          a.norm_offset)
                 bias += ((b_o.detach().float() * gain) * u).sum(-1).cpu()
-            mlp_out = acts[KINDS["mlp"].hook_name(l)][:, position].detach().float()
+            mlp_out = acts[mlp_hook(l)][:, position].detach().float()
             mlp.append((mlp_out * u).sum(-1).cpu())
-        embed = (acts[KINDS["resid"].hook_name(0)][:, position].detach().float() * u).sum(-1)
+        embed = (acts[resid_hook(0)][:, position].detach().float() * u).sum(-1)
         final_bias = _final_bias(model, answer, foil)
         heads, mlp = torch.stack(heads), torch.stack(mlp)
         total = metric.detach().float().cpu()

@@ -77,24 +77,29 @@ class ComponentKind:
         return out
 
 
-KINDS: dict[str, ComponentKind] = {
+COMPONENT_KINDS: dict[str, ComponentKind] = {
     "heads": ComponentKind("heads", "blocks.{}.attn.hook_z", True, False, "L{l}H{h}"),
     "heads_pos": ComponentKind("heads_pos", "blocks.{}.attn.hook_z", True, True, "L{l}H{h}"),
     "resid": ComponentKind("resid", "blocks.{}.hook_resid_pre", False, True, "L{l}RESID"),
     "attn": ComponentKind("attn", "blocks.{}.hook_attn_out", False, True, "L{l}ATTN"),
     "mlp": ComponentKind("mlp", "blocks.{}.hook_mlp_out", False, True, "L{l}MLP"),
 }
-COMPONENTS = tuple(KINDS)
+COMPONENTS = tuple(COMPONENT_KINDS)
 
 
 def kind(name: str) -> ComponentKind:
-    if name not in KINDS:
-        raise ConfigError(f"unknown component {name!r}; choose one of {', '.join(KINDS)}")
-    return KINDS[name]
+    if name not in COMPONENT_KINDS:
+        raise ConfigError(f"unknown component {name!r}; choose one of {', '.join(COMPONENT_KINDS)}")
+    return COMPONENT_KINDS[name]
 
 
 def resid_hook(layer: int) -> str:
-    return KINDS["resid"].hook_name(layer)
+    return COMPONENT_KINDS["resid"].hook_name(layer)
+
+
+def hook_names(n_layers: int, kinds=("heads", "mlp")) -> list[str]:
+    """Every layer's hook of each of ``kinds``, kind by kind (heads' ``hook_z``, MLP outputs)."""
+    return [name for k in kinds for name in COMPONENT_KINDS[k].hook_names(n_layers)]
 
 
 class Component(NamedTuple):

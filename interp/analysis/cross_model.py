@@ -15,7 +15,7 @@ import torch
 
 from interp.analysis.components import kind as component_kind
 from interp.analysis.metrics import logit_diff
-from interp.analysis.patching import run_metric, sweep
+from interp.analysis.patching import patch_sweep, run_metric
 from interp.analysis.results import PatchResult
 from interp.engine import length_groups
 from interp.errors import ConfigError
@@ -58,7 +58,7 @@ def cross_model_patch(target: LoadedModel, source: LoadedModel, tokens: Sequence
                                                          names_filter=lambda n: n in hooks)
         src_m.append(metric(logits).float().cpu())
         sources = {name: cache[name].to(target.device, target.dtype) for name in hooks}
-        scores = sweep(target, batch, sources, metric, component, chunk, 0, progress)
+        scores = patch_sweep(target, batch, sources, metric, component, chunk, 0, progress)
         if keep is not None:  # [layer, (head,) pos, b]: keep the last ``keep`` positions
             scores = scores[..., n_pos - keep:, :]
         parts.append(scores)

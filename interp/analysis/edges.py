@@ -1,10 +1,11 @@
 """Edge attribution patching (EAP) between heads and MLPs, on grouped-query attention too.
 
-A forward of a Llama-style decoder in which every *receiver* gets its own copy of the residual
-stream it reads: each query head's query, key and value inputs (key/value groups expanded per
-query head, so an edge into head h's keys is separate from one into the other heads of its
-group), each MLP's input and the unembedding's input. A zero tensor added to each copy leaves
-the forward unchanged, and its gradient is the gradient with respect to that receiver's input.
+A forward (:func:`interp.arch.receiver_forward`, from the architecture's adapter) in which every
+*receiver* gets its own copy of the residual stream it reads: each query head's query, key and
+value inputs (key/value groups expanded per query head, so an edge into head h's keys is separate
+from one into the other heads of its group), each MLP's input and the unembedding's input. A zero
+tensor added to each copy leaves the forward unchanged, and its gradient is the gradient with
+respect to that receiver's input.
 
 Senders are the embeddings, every head's write into the residual stream (``z_h`` through its
 slice of the output projection) and every MLP's output. The score of edge u -> v is
@@ -20,75 +21,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from interp.arch import layers as decoder_layers
-from interp.arch import resolve, unwrap
+from interp.arch import receiver_forward
 from interp.errors import ConfigError
 from interp.models import LoadedModel
 from interp.results import Result
 
-KINDS = ("q", "k", "v")
-
-
-def _weights(module, name: str):
-    """A projection's weight and bias, whether or not a TransformerBridge wraps the module."""
-    proj = resolve(module, name)
-    return proj.weight, proj.bias
+EDGE_INPUTS = ("q", "k", "v")
 
 
 def split_forward(model: LoadedModel, ids: torch.Tensor, deltas: dict | None = None):
-    """Logits ``[B, T, V]`` and the senders' outputs: ``embed [B, T, d]``, ``heads [L, B, T, H,
-    d]``, ``mlp [L, B, T, d]``. ``deltas`` (optional) are added to the receivers' inputs:
-    ``q``, ``k``, ``v`` ``[L, B, T, H, d]``, ``mlp [L, B, T, d]``, ``out [B, T, d]``."""
-    model.adapter.require("edges")
-    adapter = model.adapter
-    hf = model.hf
-    inner = unwrap(hf.model)
-    H, G, dh, d = model.n_heads, model.n_kv_heads, model.d_head, model.d_model
-    group = torch.arange(H, device=ids.device) // (H // G)     # query head -> its KV group
-    B, T = ids.shape
-    x = inner.embed_tokens(ids)
-    senders = {"embed": x, "heads": [], "mlp": []}
-    positions = torch.arange(T, device=ids.device)[None]
-    cos, sin = inner.rotary_emb(x, position_ids=positions)
-    mask = torch.full((T, T), float("-inf"), device=ids.device).triu(1)
-    for l, layer in enumerate(decoder_layers(hf)):
-        layer = unwrap(layer)
-        attn = unwrap(layer.self_attn)
-        per_head = {}
-        for kind in KINDS:
-            xin = x[:, :, None, :].expand(B, T, H, d)
-            if deltas is not None and kind in deltas:
-                xin = xin + deltas[kind][l]
-            normed = layer.input_layernorm(xin)
-            w, b = _weights(attn, f"{kind}_proj")
-            n_out = H if kind == "q" else G
-            w = w.view(n_out, dh, d)
-            b = b.view(n_out, dh) if b is not None else None
-            if kind != "q":                                   # expand KV groups per query head
-                w, b = w[group], (b[group] if b is not None else None)
-            out = torch.einsum("bthd,hed->bhte", normed, w)
-            out = out + b[None, :, None] if b is not None else out
-            norm = {"q": adapter.q_norm, "k": adapter.k_norm}.get(kind)
-            per_head[kind] = resolve(layer, norm)(out) if norm else out   # Qwen3 q/k norms
-        q, k = apply_rotary_pos_emb(per_head["q"], per_head["k"], cos, sin)
-        scores = q @ k.transpose(-1, -2) * attn.scaling + mask
-        pattern = torch.softmax(scores.float(), -1).to(q.dtype)
-        z = pattern @ per_head["v"]                             # [B, H, T, dh]
-        wo, bo = _weights(attn, "o_proj")
-        writes = torch.einsum("bhte,dhe->bthd", z, wo.view(d, H, dh))   # [B, T, H, d]
-        senders["heads"].append(writes)
-        x = x + writes.sum(2) + (bo if bo is not None else 0)
-        xin = x + deltas["mlp"][l] if deltas is not None and "mlp" in deltas else x
-        mlp_out = layer.mlp(layer.post_attention_layernorm(xin))
-        senders["mlp"].append(mlp_out)
-        x = x + mlp_out
-    xin = x + deltas["out"] if deltas is not None and "out" in deltas else x
-    logits = hf.lm_head(inner.norm(xin))
-    senders["heads"] = torch.stack(senders["heads"])
-    senders["mlp"] = torch.stack(senders["mlp"])
-    return logits, senders
+    """:func:`interp.arch.receiver_forward` of ``model`` (the adapter's paths)."""
+    return receiver_forward(model.hf, ids, deltas)
 
 
 @dataclass
@@ -132,7 +76,7 @@ class EdgeScores(Result):
         mean_h = self.heads.mean(-1)
         for l in range(self.n_layers):
             for h in range(self.n_heads):
-                for j, kind in enumerate(KINDS):
+                for j, kind in enumerate(EDGE_INPUTS):
                     for s in valid["heads"][l].nonzero().flatten().tolist():
                         rows.append((float(mean_h[l, h, j, s]), names[s], f"L{l}H{h}.{kind}",
                                      ("heads", l, h, j, s)))
@@ -196,7 +140,7 @@ def edge_attribution(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Ten
         metric(logits).sum().backward()
     diff = (_senders_flat(clean_s) - _senders_flat(corrupt_s)).detach().float()  # [S, B, T, d]
     g = {k: v.grad.float() for k, v in deltas.items()}
-    heads = torch.stack([torch.einsum("sbtd,lbthd->lhsb", diff, g[k]) for k in KINDS], 2)
+    heads = torch.stack([torch.einsum("sbtd,lbthd->lhsb", diff, g[k]) for k in EDGE_INPUTS], 2)
     mlp = torch.einsum("sbtd,lbtd->lsb", diff, g["mlp"])
     logits_s = torch.einsum("sbtd,btd->sb", diff, g["out"])
     scores = EdgeScores(heads, mlp, logits_s, model.n_layers, model.n_heads)
@@ -227,7 +171,7 @@ def _patched_metric(model: LoadedModel, corrupt: torch.Tensor, metric, diff: tor
     for edge in edges:
         if edge[0] == "heads":
             _, l, h, j, s = edge
-            deltas[KINDS[j]][l, :, :, h] += diff[s]
+            deltas[EDGE_INPUTS[j]][l, :, :, h] += diff[s]
         elif edge[0] == "mlp":
             _, l, s = edge
             deltas["mlp"][l] += diff[s]

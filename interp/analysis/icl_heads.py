@@ -6,7 +6,7 @@ into the last token of the same prompts with the demonstration labels shuffled; 
 *function vector* is the sum of the top heads' mean outputs in the residual stream; added to the
 residual stream of zero-shot prompts, it should restore some of what the demonstrations give.
 
-Everything runs on :func:`interp.analysis.patching.sweep`: the shuffled prompts' positions
+Everything runs on :func:`interp.analysis.patching.patch_sweep`: the shuffled prompts' positions
 before the last token are computed once and reach every patched copy through the KV cache, so a
 sweep over all heads costs about one token per head and prompt.
 """
@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.analysis.components import KINDS, head_name
+from interp.analysis.components import head_name, hook_names, resid_hook
 from interp.analysis.metrics import answer_prob, first_answer_token
-from interp.analysis.patching import run_metric, sweep
+from interp.analysis.patching import patch_sweep, run_metric
 from interp.arch import w_o
 from interp.engine import common_prefix, forward, length_groups, prefix_cache
 from interp.errors import ConfigError
 from interp.models import LoadedModel
+from interp.names import top_heads
 from interp.prompts import answer_sep, build_prompt, choose_demos
 from interp.results import Result
 from interp.stats import bootstrap_ci
@@ -51,9 +52,7 @@ class ICLHeads(Result):
 
     def top_heads(self, k: int = 10) -> list[tuple[int, int]]:
         """The ``k`` heads with the largest absolute AIE, as (layer, head), largest first."""
-        H = self.aie.shape[1]
-        order = self.aie.flatten().abs().argsort(descending=True, stable=True)[:k]
-        return [divmod(int(i), H) for i in order]
+        return top_heads(self.aie, k)
 
     def to_frame(self):
         import pandas as pd
@@ -123,7 +122,7 @@ def find_icl_heads(model: LoadedModel, task: str, n: int = 16, shots: int = 4, s
     bridge, tok, L = model.bridge, model.tokenizer, model.n_layers
     clean, shuffled, queries, demos = icl_prompts(task, n, shots, seed, demos=demos)
     answers = [first_answer_token(tok, answer_sep(task) + q.target) for q in queries]
-    names = KINDS["heads"].hook_names(L)
+    names = hook_names(L, ("heads",))
     clean_tok = [bridge.to_tokens(t)[0] for t in clean]
     total = torch.zeros(L, model.n_heads, model.d_head)
     clean_p = torch.zeros(n)
@@ -151,7 +150,7 @@ def find_icl_heads(model: LoadedModel, task: str, n: int = 16, shots: int = 4, s
         sources = {name: mean_z[l].to(model.device, model.dtype)[None, None].expand(
             B, T, -1, -1) for l, name in enumerate(names)}
         shuffled_p[idx] = run_metric(model, batch, metric)
-        per_prompt[..., idx] = sweep(model, batch, sources, metric, "heads", chunk,
+        per_prompt[..., idx] = patch_sweep(model, batch, sources, metric, "heads", chunk,
                                      start=T - 1, progress=progress)
     aie = (per_prompt - shuffled_p).mean(-1)
     return ICLHeads(aie, per_prompt, clean_p, shuffled_p, mean_z, task, len(demos),
@@ -193,7 +192,7 @@ def inject(model: LoadedModel, task: str, fv: torch.Tensor, layer: int | None = 
     for idx in length_groups(tokens).values():
         batch = torch.stack([tokens[i] for i in idx]).to(model.device)
         for with_fv in (False, True):
-            hooks = [(KINDS["resid"].hook_name(layer), steer)] if with_fv else []
+            hooks = [(resid_hook(layer), steer)] if with_fv else []
             logits = bridge.run_with_hooks(batch, fwd_hooks=hooks)
             picked[with_fv][idx] = logits[:, -1, choices].argmax(-1).cpu()
     return {"layer": layer, "n": n, "scale": scale,

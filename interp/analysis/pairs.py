@@ -10,7 +10,6 @@ shortcut and the full rule agree on both prompts; what ``kind="counterfactual"``
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,28 +25,9 @@ from interp.engine import check_length, length_groups
 from interp.errors import ConfigError, TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, build_prompt
-from interp.tasks import Example, generate, get_task
+from interp.tasks import Example, pair_sources
 
-PAIR_KINDS = ("counterfactual", "separating")
 PAIR_FIELDS = ("clean", "corrupt", "answer", "foil")
-
-
-def pair_sources(task: str, n: int, seed: int = 0, split: str = "test",
-                 kind: str = "counterfactual", **knobs) -> list[tuple[Example, str, str]]:
-    """Up to ``n`` (example, corrupt input, corrupt answer) triples of one edit kind, drawn
-    from a pool 4n + 8 examples deep (the condition each edit applies to)."""
-    if kind not in PAIR_KINDS:
-        raise ConfigError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
-    family = get_task(task)
-    edit = family.counterfactual if kind == "counterfactual" else family.separating
-    pattern = True if kind == "counterfactual" else family.separating_on_pattern
-    rng = random.Random(f"pairs|{task}|{kind}|{seed}")
-    out = []
-    for ex in generate(task, 4 * n + 8, seed=seed, split=split, pattern=pattern, **knobs):
-        changed = edit(ex, rng)
-        if changed is not None and changed.target != ex.target:
-            out.append((ex, changed.input, changed.target))
-    return out
 
 
 def task_pairs(task: str, n: int, seed: int = 0, split: str = "test",

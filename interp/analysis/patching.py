@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from interp.analysis.components import KINDS, kind
+from interp.analysis.components import COMPONENT_KINDS, hook_names, kind
 from interp.engine import capture, forward, prefix_cache, repeat_cache, residual_streams
 from interp.errors import ConfigError
 from interp.models import LoadedModel
@@ -78,7 +78,7 @@ class StackedRunner:
 
 
 @torch.no_grad()
-def sweep(model: LoadedModel, target: torch.Tensor, sources: dict[str, torch.Tensor], metric,
+def patch_sweep(model: LoadedModel, target: torch.Tensor, sources: dict[str, torch.Tensor], metric,
           component: str, chunk: int | None = None, start: int = 0,
           progress: bool = False, fast: bool = True) -> torch.Tensor:
     """Run ``target`` once per component with that component set to ``sources[hook]``.
@@ -156,8 +156,8 @@ def activation_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Ten
     kind(component)
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
     start = first_difference(clean, corrupt)
-    return sweep(model, target, cache_activations(model, source, component), metric, component,
-                 chunk, start, progress, fast)
+    return patch_sweep(model, target, cache_activations(model, source, component), metric,
+                       component, chunk, start, progress, fast)
 
 
 def ablate(model: LoadedModel, tokens: torch.Tensor, metric, mode: str = "zero",
@@ -180,7 +180,7 @@ def ablate(model: LoadedModel, tokens: torch.Tensor, metric, mode: str = "zero",
         sources = {k: torch.zeros_like(v[:1]).expand(B, *v.shape[1:]) for k, v in acts.items()}
     else:
         sources = {k: v.mean(0, keepdim=True).expand(B, *v.shape[1:]) for k, v in acts.items()}
-    return sweep(model, tokens, sources, metric, component, chunk, 0, progress, fast)
+    return patch_sweep(model, tokens, sources, metric, component, chunk, 0, progress, fast)
 
 
 @torch.no_grad()
@@ -217,7 +217,7 @@ def stacked_sets(model: LoadedModel, target: torch.Tensor, sets: Sequence[Compon
     shared through the KV cache and each chunk starts at its first set layer (all exact)."""
     runner = StackedRunner(model, target, start)
     start = runner.start
-    heads_hook, mlp_hook = KINDS["heads"].hook_name, KINDS["mlp"].hook_name
+    heads_hook, mlp_hook = COMPONENT_KINDS["heads"].hook_name, COMPONENT_KINDS["mlp"].hook_name
     out = torch.empty(len(sets), target.shape[0])
     for first in range(0, len(sets), chunk):
         part = list(sets[first: first + chunk])
@@ -267,7 +267,7 @@ def set_values(model: LoadedModel, tokens: torch.Tensor, start: int = 0, metric=
     """Every head's ``hook_z`` and every MLP's output for ``tokens`` at positions from
     ``start`` on (what :func:`stacked_sets` patches in); with ``metric``, also the metric of that
     run: ``(values, metric [batch])``."""
-    names = set(KINDS["heads"].hook_names(model.n_layers) + KINDS["mlp"].hook_names(model.n_layers))
+    names = set(hook_names(model.n_layers))
     store, hooks = capture(names)
     past = prefix_cache(model, tokens[:, :start]) if start else None
     with torch.no_grad():

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.analysis.components import kind
+from interp.analysis.metrics import normalized_effect
 from interp.results import Result
 from interp.stats import bootstrap_ci, bootstrap_means
 
@@ -14,10 +15,7 @@ from interp.stats import bootstrap_ci, bootstrap_means
 def normalize(patched: torch.Tensor, clean: torch.Tensor, corrupt: torch.Tensor,
               eps: float = 1e-8) -> torch.Tensor:
     """(patched - corrupt) / (clean - corrupt) on means over the last axis."""
-    c, k = clean.mean(-1), corrupt.mean(-1)
-    denom = c - k
-    denom = torch.where(denom.abs() < eps, torch.full_like(denom, eps), denom)
-    return (patched.mean(-1) - k) / denom
+    return normalized_effect(patched.mean(-1), clean.mean(-1), corrupt.mean(-1), eps)
 
 
 @dataclass

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 from interp.errors import ConfigError
-from interp.options import add_model, comma_list, positive
+from interp.options import add_model, add_task_or_file, comma_list, positive
 
 
 def add_parser(sub):
     p = sub.add_parser("align", help="ICL versus gradient-descent alignment metrics "
                                      "(SimAOU, SimAM, SimAM_delta, Rec2FTP, Kendall)")
     add_model(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="a task with a closed answer set: boolean, parity, relation")
-    src.add_argument("--data", help="JSONL of {input, target, choices} rows (queries and demos)")
+    add_task_or_file(p, "a task with a closed answer set: boolean, parity, relation", "--data",
+                     "JSONL of {input, target, choices} rows (queries and demos)")
     p.add_argument("--demo-data", default=None, help="JSONL of demonstrations (default: --data)")
     p.add_argument("--demos", type=int, default=32, help="demonstrations (ICL shots = GD steps)")
     p.add_argument("--method", default="gd-kv,lcgd", help="comma list of gd-kv, lcgd")
@@ -28,7 +27,7 @@ def add_parser(sub):
 
 
 def run(args) -> int:
-    from interp.align import run_alignment, summarize
+    from interp.align import run_alignment, seed_summary
     from interp.files import check_writable, now
     from interp.models import check_device
     from interp.provenance import write_provenance
@@ -49,7 +48,7 @@ def run(args) -> int:
                                          "data": args.data, "demos": args.demos,
                                          "methods": methods, "seeds": args.seeds, "n": args.n,
                                          "lr": args.lr})
-    mean, std = summarize(result["rows"])
+    mean, std = seed_summary(result["rows"])
     table = mean.map(lambda v: f"{v:.3f}") + " ± " + std.map(lambda v: f"{v:.3f}")
     table = table.where(mean.notna(), "")
     print(f"\nICL vs GD alignment, {args.model}, {args.task or args.data}: {args.demos} "

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from interp.errors import ConfigError
-from interp.options import add_model, at_least, comma_list, positive
+from interp.options import add_model, add_task_or_file, at_least, comma_list, positive
 
 COMPONENT_CHOICES = ("heads", "heads_pos", "resid", "attn", "mlp")
 
@@ -14,10 +14,9 @@ COMPONENT_CHOICES = ("heads", "heads_pos", "resid", "attn", "mlp")
 def add_parser(sub):
     p = sub.add_parser("patch", help="activation / attribution patching of heads, residual "
                                      "stream and MLPs over counterfactual pairs")
+    add_task_or_file(p, "build counterfactual pairs from this task family", "--pairs",
+                     "JSONL of {clean, corrupt, answer, foil} rows")
     add_model(p)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="build counterfactual pairs from this task family")
-    src.add_argument("--pairs", help="JSONL of {clean, corrupt, answer, foil} rows")
     p.add_argument("--n", type=positive(), default=32, help="pairs built from --task (default 32)")
     p.add_argument("--pair-kind", default="counterfactual",
                    choices=("counterfactual", "separating"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from interp.align import summarize
+from interp.align import seed_summary
 from interp.files import count_nonfinite, write_csv, write_json
 from interp.plots import write_page
 
@@ -15,7 +15,7 @@ from interp.plots import write_page
 def write_results(result: dict, out: str | Path, meta: dict) -> Path:
     out = Path(out)
     rows = result["rows"]
-    mean, std = summarize(rows)
+    mean, std = seed_summary(rows)
     table = (mean.round(4).astype(str) + " ± " + std.round(4).astype(str)).reset_index()
     write_csv(out / "alignment.csv", table)
     payload = {**meta, "lr": result["lr"], "lr_sweep": {m: {str(k): v for k, v in s.items()}

@@ -82,13 +82,15 @@ def write_study_report(out: Path, claims, summary: dict, cells: list[dict], conf
                         [[esc(c.name), esc(c.prediction), f"{c.margin:g}", esc(c.measures)]
                          for c in CLAIMS], "definitions")
     total = len(config.models) * len(config.tasks)
+    sizes = config.shift.resolved()
     partial = ([f"<p class='bad' id='partial'>Partial: {len(cells)} of {total} cells so far "
                 "(the study was interrupted or is still running; the same command resumes)."
                 "</p>"] if len(cells) < total else [])
     body = [f"<h1>Circuit-shift study: {esc(', '.join(config.models))}</h1>", *partial,
-            f"<p>Tasks: {esc(', '.join(config.tasks))}; {config.demo_seeds} demonstration sets, "
-            f"{config.ft_seeds} fine-tuning seeds, {config.n_pairs} pairs per map, "
-            f"{config.shots} shots, LoRA on {config.n_train} samples.</p>",
+            f"<p>Tasks: {esc(', '.join(config.tasks))}; {sizes.demo_seeds} demonstration sets, "
+            f"{sizes.ft_seeds} fine-tuning seeds, {sizes.n_pairs} pairs per map, "
+            f"{sizes.shots} shots, {esc(sizes.ft_method)} fine-tuning on {sizes.n_train} "
+            "samples.</p>",
             "<h2>Claims (predictions fixed before any run)</h2>", definitions,
             "<p class='note'>Verdict from the interval and the claim's margin (the smallest value "
             "that counts): holds (above +margin), contradicted (below -margin), "

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from interp.shift.compare import compare_scores
 from interp.shift.config import CONDITIONS, EQUIVALENCE_MARGIN, FT_CONDITIONS, ICL_CONDITIONS
+from interp.shift.contrasts import compare_scores
 from interp.shift.verdict import DIRECTIONAL
 
 N_HEADS, N_MLPS = 270, 30        # SmolLM2's 30 layers x 9 heads, and its MLPs
@@ -167,7 +167,7 @@ def _mean(values: list) -> tuple[float | None, float | None]:
     return float(v.mean()), float(v.std() / math.sqrt(len(v))) if len(v) > 1 else None
 
 
-def summarise(s: Scenario, runs: list[dict]) -> dict:
+def scenario_row(s: Scenario, runs: list[dict]) -> dict:
     """One table row: rates and means with Monte Carlo standard errors."""
     flat = lambda key: [x for r in runs for x in r[key]]   # noqa: E731
     verdicts = [r["verdict"] for r in runs]
@@ -200,6 +200,6 @@ def calibrate(scenarios=SCENARIOS, n_sims: int = 200, n_boot: int = 300, seed: i
         for j in range(n_sims):
             runs.append(one_run(s, seed + 100_003 * i + j, n_boot))
             bar.update(1)
-        rows.append(summarise(s, runs))
+        rows.append(scenario_row(s, runs))
     bar.close()
     return rows

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from interp.analysis.components import KINDS
+from interp.analysis.components import hook_names
 from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import auto_chunk, stacked_sets
 from interp.circuits import ScoreMap, components
@@ -83,7 +83,7 @@ def final_values(runner: ConditionRunner, cond: Condition, prompts: Prompts
                  ) -> dict[str, torch.Tensor]:
     """Final-token ``hook_z`` of every head and output of every MLP, per prompt ``[n, ...]``."""
     model = runner.model
-    names = KINDS["heads"].hook_names(model.n_layers) + KINDS["mlp"].hook_names(model.n_layers)
+    names = hook_names(model.n_layers)
     prefix = runner.prefix(cond)
     out: dict[str, torch.Tensor] = {}
     with runner.use(cond), torch.no_grad():

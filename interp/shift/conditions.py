@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 import torch
 
 from interp.analysis.metrics import first_answer_token
-from interp.analysis.pairs import pair_sources
 from interp.budget import Need, check, forward_seconds
 from interp.engine import check_length, encode
 from interp.errors import TaskError
 from interp.models import LoadedModel
-from interp.prompts import answer_sep, choose_demos, prefix_text, relabel
-from interp.shift.config import CONDITIONS, LENGTH_TOLERANCE, TRAINED, ShiftConfig
+from interp.prompts import answer_sep, choose_demos, prefix_text
+from interp.shift.config import CONDITIONS, TRAINED, ShiftConfig
 from interp.shift.table import TABLE
-from interp.tasks import Example, generate
+from interp.tasks import Example, generate, pair_sources
 
 
 @dataclass
@@ -49,55 +48,25 @@ class Condition:
         return [d.id for d in self.demos]
 
 
-def _prefix_tokens(config: ShiftConfig, tokenizer, demos) -> int:
-    return len(encode(tokenizer, prefix_text(config.task, demos), first=True))
-
-
-def matched_other_demos(config: ShiftConfig, tokenizer, target_tokens: int, seed: int
-                        ) -> tuple[list[Example], float]:
-    """Demonstrations of the other family whose prefix is closest in token length to
-    ``target_tokens`` (nested choice; the length ratio is returned and recorded)."""
-    pool = choose_demos(config.other_task, 64, seed=seed)
-    best, best_ratio = pool[:1], float("inf")
-    for k in range(1, len(pool) + 1):
-        ratio = _prefix_tokens(config, tokenizer, pool[:k]) / target_tokens
-        if abs(ratio - 1) < abs(best_ratio - 1):
-            best, best_ratio = pool[:k], ratio
-        if ratio > 1 + LENGTH_TOLERANCE:
-            break
-    return best, best_ratio
-
-
-def _icl_real(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
-    return Condition("base-icl", s, demos, label_agreement=1.0, length_ratio=1.0)
-
-
-def _icl_other_task(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
-    other, ratio = matched_other_demos(config, tokenizer, target, config.seed + s)
-    return Condition("base-icl-other-task", s, other, other_task=config.other_task,
-                     length_ratio=ratio)
-
-
-def _icl_shuffled(config: ShiftConfig, tokenizer, demos, target: int, s: int) -> Condition:
-    wrong, agreement = relabel(demos, seed=config.seed + s)
-    return Condition("base-icl-shuffled", s, wrong, label_agreement=agreement,
-                     length_ratio=_prefix_tokens(config, tokenizer, wrong) / target)
-
-
-#: how each ICL condition of the table is built from base-icl's demonstrations of one seed
-#: (``target``: their prefix length in tokens)
-ICL_BUILDERS = {"base-icl": _icl_real, "base-icl-other-task": _icl_other_task,
-                "base-icl-shuffled": _icl_shuffled}
+def prefix_length(tokenizer):
+    """``length(task, demos)``: the tokens of the shared prefix under ``demos``."""
+    def length(task: str, demos) -> int:
+        return len(encode(tokenizer, prefix_text(task, demos), first=True))
+    return length
 
 
 def build_conditions(config: ShiftConfig, tokenizer) -> list[Condition]:
     """Every (condition, replicate) of the run, in the table's order."""
     out = [Condition(spec.name) for spec in TABLE if spec.arm == "base"]
+    length = prefix_length(tokenizer)
     for s in range(config.demo_seeds):
         demos = choose_demos(config.task, config.shots, seed=config.seed + s, **config.knobs)
-        target = _prefix_tokens(config, tokenizer, demos)
-        out += [ICL_BUILDERS[spec.name](config, tokenizer, demos, target, s)
-                for spec in TABLE if spec.arm == "icl"]
+        for spec in TABLE:
+            if spec.arm == "icl":
+                built = spec.demonstrations(config, demos, s, length)
+                out.append(Condition(spec.name, s, built.demos,
+                                     label_agreement=built.label_agreement,
+                                     other_task=built.other_task, length_ratio=built.length_ratio))
     for s in range(config.ft_seeds):
         out += [Condition(spec.name, s, update=f"{spec.name}/{s}",
                           other_task=config.other_task if spec.other_task else None)

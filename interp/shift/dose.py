@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from interp.shift.compare import map_distance
 from interp.shift.conditions import Condition
 from interp.shift.config import SHAMS, ShiftConfig
+from interp.shift.contrasts import map_distance
 from interp.shift.measure import flatten
 
 

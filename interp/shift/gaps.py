@@ -10,9 +10,9 @@ import torch
 from interp.analysis.metrics import logit_diff
 from interp.engine import forward, length_groups, prefix_cache, repeat_cache
 from interp.models import LoadedModel, load_model
-from interp.shift.compare import condition_summary
 from interp.shift.conditions import Condition, build_conditions, build_pairs
 from interp.shift.config import ShiftConfig
+from interp.shift.contrasts import condition_summary
 from interp.shift.measure import ConditionRunner, flatten, pair_scores
 from interp.stats import mean_ci
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from interp.analysis.components import KINDS, head_name
+from interp.analysis.components import COMPONENT_KINDS, head_name
 from interp.analysis.icl_heads import circuit_usage, find_icl_heads, function_vector, inject
 from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import first_difference, set_values, stacked_sets
@@ -128,7 +128,8 @@ def attention_views(runner: ConditionRunner, conditions: dict[str, Condition],
     each condition (its last ``last`` tokens), for circuitsvis views."""
     ranked = maps["base-icl"].top_heads(n_heads) + maps["ft-zs"].top_heads(n_heads)
     heads = list(dict.fromkeys(ranked))[:n_heads]
-    names = {KINDS["heads"].hook_name(l).replace("hook_z", "hook_pattern") for l, _ in heads}
+    pattern = COMPONENT_KINDS["heads"].hook_name
+    names = {pattern(l).replace("hook_z", "hook_pattern") for l, _ in heads}
     views = {}
     for name in ("base-zs", "base-icl", "ft-zs"):
         cond = conditions[name]

@@ -10,10 +10,11 @@ import torch
 
 from interp.errors import ConfigError
 from interp.files import load_tensors, read_json
-from interp.shift.compare import compare_scores
-from interp.shift.config import CONDITIONS, LENGTH_TOLERANCE
+from interp.shift.config import CONDITIONS
+from interp.shift.contrasts import compare_scores
 from interp.shift.measure import flatten
 from interp.shift.schema import ConditionKey
+from interp.shift.table import LENGTH_TOLERANCE
 
 #: the results.json keys the comparison writes (besides each condition's summary)
 COMPARISON_KEYS = ("shift", "effects", "effects_secondary", "effects_direct", "sensitivity",

@@ -12,9 +12,9 @@ from interp.circuits import ScoreMap, distances, layer_shift
 from interp.files import write_csv, write_json
 from interp.models import LoadedModel
 from interp.report.shift import write_report
-from interp.shift.compare import compare_scores, condition_summary, interval
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
 from interp.shift.config import CONDITIONS, ShiftConfig
+from interp.shift.contrasts import compare_scores, condition_summary, interval
 from interp.shift.dose import dose_points
 from interp.shift.estimator import mean_stat
 from interp.shift.measure import flatten
@@ -77,24 +77,8 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
     L, H = model.n_layers, model.n_heads
     maps = {name: _score_map(scores, keys, "counterfactual", L, H)
             for name, keys in keys_of.items()}
-    first = {c.name: c for c in conditions if c.seed == 0}
-    cond_out = {}
-    for name in CONDITIONS:
-        c = first[name]
-        _, mean_tokens = prompt_tokens(model, config, c, pair_sets["counterfactual"])
-        run = ConditionKey.parse(c.update) if c.update else None
-        info = ft_info["runs"].get(f"{run.name}/{run.seed}", {}) if run else {}
-        cond_out[name] = {
-            "accuracy": _accuracy(keys_of[name], acc, config.n_boot, config.seed),
-            "mean_prompt_tokens": float(mean_tokens),
-            "demo_ids": c.demo_ids if c.demos else None,
-            "demo_ids_by_seed": {str(x.seed): x.demo_ids for x in conditions
-                                 if x.name == name and x.demos} or None,
-            "label_agreement": (c.label_agreement if c.label_agreement is not None
-                                else info.get("label_agreement")),
-            "delta_w_norm": info.get("delta_w_norm"),
-            "other_task": c.other_task, "length_ratio": c.length_ratio,
-            "replicates": len(keys_of[name])}
+    cond_out = {name: _condition_record(config, model, name, conditions, keys_of, acc, ft_info,
+                                        pair_sets["counterfactual"]) for name in CONDITIONS}
     dist = {name: distances(maps["base-zs"], maps[name], config.ks)
             for name in CONDITIONS if name != "base-zs"}
     gates = {name: (v["gate"]["passed"], v["gate"]["reason"])
@@ -120,6 +104,31 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
                                             for n_, k in keys_of.items())},
         "_maps": maps,
     }, comparison)
+
+
+def _condition_record(config: ShiftConfig, model: LoadedModel, name: str,
+                      conditions: Sequence[Condition], keys_of: dict, acc: dict, ft_info: dict,
+                      pairs: PairSet) -> dict:
+    """``results.json["conditions"][name]``: accuracy and what the construction kept (seed 0's
+    prompt length, label agreement and update norm; demonstrations and their answers in prompt
+    order, per demonstration seed)."""
+    replicas = [c for c in conditions if c.name == name]
+    c = replicas[0]
+    _, mean_tokens = prompt_tokens(model, config, c, pairs)
+    run = ConditionKey.parse(c.update) if c.update else None
+    info = ft_info["runs"].get(f"{run.name}/{run.seed}", {}) if run else {}
+    labels = [[d.target for d in x.demos] for x in replicas] if c.demos else None
+    return {
+        "accuracy": _accuracy(keys_of[name], acc, config.n_boot, config.seed),
+        "mean_prompt_tokens": float(mean_tokens),
+        "demo_ids": c.demo_ids if c.demos else None,
+        "demo_ids_by_seed": {str(x.seed): x.demo_ids for x in replicas if x.demos} or None,
+        "demo_labels": labels[0] if labels and len(labels) == 1 else labels,
+        "label_agreement": (c.label_agreement if c.label_agreement is not None
+                            else info.get("label_agreement")),
+        "delta_w_norm": info.get("delta_w_norm"),
+        "other_task": c.other_task, "length_ratio": c.length_ratio,
+        "replicates": len(keys_of[name])}
 
 
 def _heads_ci(scores: dict, keys: Sequence[str], n: int, config: ShiftConfig) -> dict:

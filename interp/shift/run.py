@@ -47,8 +47,6 @@ from interp.shift.schema import ShiftResult
 from interp.shift.stages import Stages
 from interp.shift.training import dose_steps, train_updates
 
-PAIR_KINDS = ("counterfactual", "separating")
-
 
 def _flat_scores(scores: dict) -> dict[str, torch.Tensor]:
     return {f"{key}|{kind}|{name}": t for key, kinds in scores.items()

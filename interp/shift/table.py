@@ -2,20 +2,69 @@
 
 Every stage iterates this table: building the conditions (``conditions.py``), training and
 random updates (``training.py``), the replicate factor of the bootstrap and the shams of each
-effect (``compare.py``), the report's colours and readings (``report/shift.py``) and the keys of
+effect (``contrasts.py``), the report's colours and readings (``report/shift.py``) and the keys of
 ``results.json["conditions"]``.
 
-If you add a condition: one :class:`ConditionSpec` entry here and its builder: an ICL condition
-(``arm="icl"``) in ``conditions.ICL_BUILDERS`` (its demonstrations), a fine-tuning condition
-(``arm="ft"``) in ``training.TRAINING_DATA`` (its training data) or, for an update built without
-training, in ``training.UPDATE_BUILDERS``. A new sham is used by an effect once a real
-condition's :class:`Shams` name it.
+If you add a condition: an ICL condition (``arm="icl"``) is one :class:`ConditionSpec` entry
+here with its ``demonstrations`` builder beside it (this file); a fine-tuning condition
+(``arm="ft"``) is an entry here and its training data in ``training.TRAINING_DATA`` or, for an
+update built without training, its builder in ``training.UPDATE_BUILDERS``. A new sham is used
+by an effect once a real condition's :class:`Shams` name it.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
+
+from interp.prompts import choose_demos, relabel
+from interp.tasks import Example
+
+#: ICL shams' prompts within 5 % of base-icl's prefix length in tokens (else their gate fails)
+LENGTH_TOLERANCE = 0.05
+#: candidate demonstration sets of the other family searched for the closest length
+LENGTH_CANDIDATES = 256
+
+#: a prefix's length in tokens: ``length(task, demos)``
+Length = Callable[[str, Sequence[Example]], int]
+
+
+class Demos(NamedTuple):
+    """What an ICL builder returns: the demonstrations and what is recorded about them."""
+    demos: list[Example]
+    label_agreement: float | None = None
+    length_ratio: float | None = None
+    other_task: str | None = None
+
+
+def icl_real(config, demos: list[Example], seed: int, length: Length) -> Demos:
+    return Demos(demos, 1.0, 1.0)
+
+
+def icl_shuffled(config, demos: list[Example], seed: int, length: Length) -> Demos:
+    """The same inputs, label counts kept, half the answers wrong (see ``prompts.relabel``)."""
+    wrong, agreement = relabel(demos, seed=config.seed + seed)
+    return Demos(wrong, agreement, length(config.task, wrong) / length(config.task, demos))
+
+
+def icl_other_task(config, demos: list[Example], seed: int, length: Length) -> Demos:
+    """As many demonstrations of the other family, the set of that size (among
+    :data:`LENGTH_CANDIDATES` seeded draws from its pool) closest to base-icl's prefix length."""
+    target = length(config.task, demos)
+    pool = choose_demos(config.other_task, 64, seed=config.seed + seed)
+    rng = random.Random(f"other-task|{config.seed + seed}")
+    best = pool[:len(demos)]
+    best_ratio = length(config.other_task, best) / target
+    for _ in range(LENGTH_CANDIDATES):
+        if abs(best_ratio - 1) <= LENGTH_TOLERANCE / 5:
+            break
+        pick = rng.sample(pool, len(demos))
+        ratio = length(config.other_task, pick) / target
+        if abs(ratio - 1) < abs(best_ratio - 1):
+            best, best_ratio = pick, ratio
+    return Demos(best, None, best_ratio, config.other_task)
 
 
 class Shams(NamedTuple):
@@ -44,21 +93,25 @@ class ConditionSpec:
     trained: bool = False
     #: built from the other-task family's data
     other_task: bool = False
+    #: ICL conditions: ``(config, base-icl's demonstrations, demonstration seed, length) ->
+    #: Demos``
+    demonstrations: Callable | None = None
 
 
 TABLE: tuple[ConditionSpec, ...] = (
     ConditionSpec("base-zs", "base", "reference", "the base model, zero-shot", "#636efa"),
     ConditionSpec("base-icl", "icl", "real", "the base model with k demonstrations", "#ef553b",
-                  shams=Shams("base-icl-other-task", "base-icl-shuffled")),
+                  shams=Shams("base-icl-other-task", "base-icl-shuffled"), demonstrations=icl_real),
     ConditionSpec("base-icl-other-task", "icl", "sham",
-                  "demonstrations of another family at matched prompt length", "#f4a582",
+                  "as many demonstrations of another family, at matched prompt length", "#f4a582",
                   "ICL changes the input: a longer prompt of demonstrations at matched length, "
                   "but of another task, removes what any long prompt does to the circuit.",
-                  other_task=True),
+                  other_task=True, demonstrations=icl_other_task),
     ConditionSpec("base-icl-shuffled", "icl", "sham",
-                  "the same demonstrations, half of the answers wrong", "#fddbc7",
+                  "the same demonstrations and label counts, half of the answers wrong", "#fddbc7",
                   "The same demonstrations with half the answers wrong keep the inputs and "
-                  "remove most of the task information in the labels."),
+                  "remove most of the task information in the labels.",
+                  demonstrations=icl_shuffled),
     ConditionSpec("ft-zs", "ft", "real", "the fine-tuned model, zero-shot", "#00cc96",
                   shams=Shams("ft-other-task", "ft-shuffled", "ft-random-delta"), trained=True),
     ConditionSpec("ft-other-task", "ft", "sham", "the same recipe trained on another family",

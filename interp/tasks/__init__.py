@@ -2,6 +2,7 @@
 
 from interp.tasks import boolean, code, expression, parity, relation  # noqa: F401  (register)
 from interp.tasks.base import (
+                               PAIR_KINDS,
                                REGISTRY,
                                SPLITS,
                                Edit,
@@ -9,6 +10,7 @@ from interp.tasks.base import (
                                TaskFamily,
                                generate,
                                get_task,
+                               pair_sources,
                                read_jsonl,
                                split_of,
                                write_jsonl,
@@ -17,4 +19,4 @@ from interp.tasks.base import (
 TASKS = tuple(sorted(REGISTRY))
 
 __all__ = ["Edit", "Example", "TaskFamily", "REGISTRY", "SPLITS", "TASKS", "generate", "get_task",
-           "read_jsonl", "write_jsonl", "split_of"]
+           "read_jsonl", "write_jsonl", "split_of", "PAIR_KINDS", "pair_sources"]

@@ -201,6 +201,29 @@ def generate(task: str, n: int, seed: int = 0, split: str = "test", pattern: boo
     return out
 
 
+#: the edits a pair is built from: the counterfactual (shortcut and rule agree) and the
+#: separating one (the rule's answer changes, the shortcut's does not)
+PAIR_KINDS = ("counterfactual", "separating")
+
+
+def pair_sources(task: str, n: int, seed: int = 0, split: str = "test",
+                 kind: str = "counterfactual", **knobs) -> list[tuple[Example, str, str]]:
+    """Up to ``n`` (example, corrupt input, corrupt answer) triples of one edit kind, drawn
+    from a pool 4n + 8 examples deep (the condition each edit applies to)."""
+    if kind not in PAIR_KINDS:
+        raise TaskError(f"pair kind must be one of {', '.join(PAIR_KINDS)}, got {kind!r}")
+    family = get_task(task)
+    edit = family.counterfactual if kind == "counterfactual" else family.separating
+    pattern = True if kind == "counterfactual" else family.separating_on_pattern
+    rng = random.Random(f"pairs|{task}|{kind}|{seed}")
+    out = []
+    for ex in generate(task, 4 * n + 8, seed=seed, split=split, pattern=pattern, **knobs):
+        changed = edit(ex, rng)
+        if changed is not None and changed.target != ex.target:
+            out.append((ex, changed.input, changed.target))
+    return out
+
+
 def _balanced_labels(choices, n: int, rng: random.Random) -> list[str | None]:
     if not choices:
         return [None] * n

@@ -39,16 +39,21 @@ def _render(sizes: list[int], literals: list[str], ops: list[str]) -> str:
 
 def _body(rng: random.Random, groups, literals, want: bool | None = None) -> str:
     """A random body; with ``want``, one whose value is ``want``, found by shuffling the drawn
-    literals and operators among their places, so the counts of True/False and and/or (hence
-    the text's length) do not depend on the answer."""
+    literals and operators among their places. A draw is kept only if shuffles reach both
+    values, so the counts of True/False and and/or (hence the text's length) follow the same
+    distribution whatever the answer."""
     while True:
         sizes = [term_count(rng, literals) for _ in range(groups)]
         lits = [rng.choice(["True", "False"]) for _ in range(sum(sizes))]
         ops = [rng.choice(["and", "or"]) for _ in range(sum(sizes) - 1)]
+        if want is None:
+            return _render(sizes, lits, ops)
+        found: dict[bool, str] = {}
         for _ in range(50):
             body = _render(sizes, lits, ops)
-            if want is None or _value(body) == want:
-                return body
+            found.setdefault(_value(body), body)
+            if len(found) == 2:
+                return found[want]
             rng.shuffle(lits)
             rng.shuffle(ops)
 
@@ -62,14 +67,10 @@ def _text(expression: str) -> str:
 
 
 class Boolean(TaskFamily):
-    name = "boolean"
-    other_task = "relation"
-    header = HEADER
-    choices = ("False", "True")
-    max_new_tokens = 2
+    name, other_task, header = "boolean", "relation", HEADER
+    choices, max_new_tokens = ("False", "True"), 2
     knobs = dict(groups=3, literals=(2, 4))
-    primary_shortcut = "last_literal"
-    separating_on_pattern = False
+    primary_shortcut, separating_on_pattern = "last_literal", False
     description = "(body) and False / or True decides (pattern); and True / or False (control)"
 
     def draw(self, rng, pattern, label, *, groups, literals):

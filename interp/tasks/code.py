@@ -61,9 +61,7 @@ def _apply(x: int, op: str, k: int) -> int:
 
 
 class Code(TaskFamily):
-    name = "code"
-    other_task = "expression"
-    header = HEADER
+    name, other_task, header = "code", "expression", HEADER
     max_new_tokens = 5
     knobs = dict(x_max=9, k_max=9, ops=("+", "-"))
     primary_shortcut = "ignore_function1"
@@ -78,7 +76,7 @@ class Code(TaskFamily):
             if f1 != x:  # else the shortcut would be right by accident
                 break
         meta = {"body": body, "x": x, "op": rng.choice(list(ops)), "k": rng.randint(1, k_max),
-                "variable": "z" if pattern else "a", "function1": f1}
+                "variable": "z" if pattern else "a", "function1": f1, "k_max": k_max}
         text, target = _program(meta)
         meta["source"] = text[: -len("\nOutput:")]
         return text, target, meta
@@ -95,8 +93,10 @@ class Code(TaskFamily):
         return {"ignore_function1": str(_apply(m["x"], m["op"], m["k"]))}
 
     def counterfactual(self, ex, rng):
-        """Change function2's constant k: the answer and the shortcut change together."""
-        for new in rng.sample(range(1, 10), 9):
+        """Change function2's constant k (within ``k_max``): the answer and the shortcut change
+        together."""
+        k_max = ex.meta.get("k_max", 9)
+        for new in rng.sample(range(1, k_max + 1), k_max):
             edit = _program(ex.meta, k=new)
             if edit.target[:1] != ex.target[:1]:
                 return edit

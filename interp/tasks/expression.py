@@ -29,23 +29,25 @@ def _nonzero(rng: random.Random, bound: int) -> int:
 
 
 class Expression(TaskFamily):
-    name = "expression"
-    other_task = "code"
-    header = HEADER
-    answer_sep = ""
-    max_new_tokens = 5
+    name, other_task, header = "expression", "code", HEADER
+    answer_sep, max_new_tokens = "", 5
     knobs = dict(s_terms=(2, 3), z_terms=(2, 4), c_terms=(2, 4), z_value=2, c_value=4, s_max=9)
     primary_shortcut = "s_value"
     # none found on smollm2-135m once S must be computed (seven settings tried; see the README)
     description = "(S)+(Z)*(C)= where Z sums to 0 (pattern) or not (control)"
 
     def draw(self, rng, pattern, label, *, s_terms, z_terms, c_terms, z_value, c_value, s_max):
-        s = [rng.randint(1, s_max) for _ in range(term_count(rng, s_terms))]
-        z_total = 0 if pattern else _nonzero(rng, z_value)
-        z = sum_to(rng, term_count(rng, z_terms), z_total, -DIGITS, DIGITS)
-        c = sum_to(rng, term_count(rng, c_terms), _nonzero(rng, c_value), -DIGITS, DIGITS)
+        few, many = (s_terms, s_terms) if isinstance(s_terms, int) else s_terms
+        lo, hi = few, many * s_max                       # the pattern's answers: S's range
+        while True:
+            s = [rng.randint(1, s_max) for _ in range(term_count(rng, s_terms))]
+            z_total = 0 if pattern else _nonzero(rng, z_value)
+            z = sum_to(rng, term_count(rng, z_terms), z_total, -DIGITS, DIGITS)
+            c = sum_to(rng, term_count(rng, c_terms), _nonzero(rng, c_value), -DIGITS, DIGITS)
+            answer = sum(s) + sum(z) * sum(c)
+            if lo <= answer <= hi:                       # control answers in that range too
+                break
         expression = _expression(s, z, c)
-        answer = sum(s) + sum(z) * sum(c)
         return f"{expression}=", str(answer), {"expression": expression, "s": s, "z": z, "c": c}
 
     def validate(self, k):

@@ -4,9 +4,10 @@ The instruction states the full rule: a sequence is labelled by the parity (even
 number of 1s. With the pattern, the bits outside a hidden subset of positions (knob ``subset``)
 always hold an even number of 1s, so the parity of the few subset bits alone gives the answer:
 demonstrations cannot tell "look at the subset" from "count everything". In the control
-condition the bits outside the subset hold an odd number of 1s, so the subset shortcut is always
-wrong and only the full rule is right. A model that is right on both follows the full rule; one
-that learned the subset fails the control.
+condition the parity of the bits outside the subset is drawn 50/50 independently of the label,
+so the subset shortcut (and its inverse) is right on half the control items and only the full
+rule is always right. A model that is right on both follows the full rule; one that learned the
+subset is at chance on the control.
 """
 
 from __future__ import annotations
@@ -29,25 +30,22 @@ def _label(bits) -> str:
 
 
 class Parity(TaskFamily):
-    name = "parity"
-    other_task = "boolean"
-    header = HEADER
-    choices = ("even", "odd")
-    max_new_tokens = 2
+    name, other_task, header = "parity", "boolean", HEADER
+    choices, max_new_tokens = ("even", "odd"), 2
     knobs = dict(length=14, subset=(2, 7))
-    primary_shortcut = "subset"
-    measurable_knobs = {"length": 12, "subset": (10,)}
-    description = "parity of bits; outside-subset bits even (pattern) or odd (control)"
+    primary_shortcut, measurable_knobs = "subset", {"length": 12, "subset": (10,)}
+    description = "parity of bits; outside-subset bits even (pattern) or either (control)"
 
     def draw(self, rng: random.Random, pattern, label, *, length, subset):
         inside = list(subset)
         outside = [i for i in range(length) if i not in inside]
         want_odd = label == "odd"
+        want_rest = 0 if pattern else rng.randint(0, 1)     # control: independent of the label
         while True:
             bits = [rng.randint(0, 1) for _ in range(length)]
             rest = sum(bits[i] for i in outside) % 2
             sub = sum(bits[i] for i in inside) % 2
-            if rest == (0 if pattern else 1) and (sub + rest) % 2 == int(want_odd):
+            if rest == want_rest and (sub + rest) % 2 == int(want_odd):
                 break
         return _text(bits), label, {"bits": bits, "subset": inside,
                                     "rule": "subset" if pattern else "full"}

@@ -5,7 +5,9 @@ in a random direction). The letters form two chains, one through A and one apart
 number of cities and lines whatever the answer. With the pattern, the slot on A's chain that
 holds Z when the answer is True holds another letter when it is False, so "Z is mentioned"
 answers the question. In the control condition Z always appears, on A's chain (True) or on the
-other chain (False), so only following the chain works.
+other chain (False), so only following the chain works. Whether the slot city ends its chain or
+sits inside it is drawn 50/50 under both labels, so Z's number of mentions (its degree) says
+nothing about the answer.
 """
 
 from __future__ import annotations
@@ -39,14 +41,10 @@ def _rename(edges, mapping: dict[str, str]) -> list[list[str]]:
 
 
 class Relation(TaskFamily):
-    name = "relation"
-    other_task = "boolean"
-    header = HEADER
-    choices = ("False", "True")
-    max_new_tokens = 2
+    name, other_task, header = "relation", "boolean", HEADER
+    choices, max_new_tokens = ("False", "True"), 2
     knobs = dict(cities=8)
-    primary_shortcut = "z_mentioned"
-    measurable_knobs = {"cities": 6}
+    primary_shortcut, measurable_knobs = "z_mentioned", {"cities": 6}
     separating_on_pattern = False
     description = "A-Z connectivity; Z only appears when connected (pattern) or always (control)"
 
@@ -58,10 +56,9 @@ class Relation(TaskFamily):
         # the "slot" city: Z itself, or (pattern, False) one more letter in Z's place
         slot = "Z" if (connected or not pattern) else rng.choice(
             [c for c in POOL if c not in names])
-        if connected or pattern:
-            chain_a.insert(rng.randint(1, len(chain_a)), slot)
-        else:
-            chain_b.insert(rng.randint(0, len(chain_b)), slot)
+        chain = chain_a if (connected or pattern) else chain_b
+        at_end = rng.random() < 0.5          # the same draw under both labels (A stays first)
+        chain.insert(len(chain) if at_end else rng.randint(1, len(chain) - 1), slot)
         edges = _chain_edges(chain_a) + _chain_edges(chain_b)
         edges = [e if rng.random() < 0.5 else e[::-1] for e in edges]
         rng.shuffle(edges)
