@@ -202,7 +202,7 @@ def test_shift_options_and_sweep_keys_come_from_the_config_fields():
     config = config_from(build_parser().parse_args(["shift", "--n-pairs", "8", "--no-probes",
                                                     "--dose-shots", "1,3"]))
     assert (config.n_pairs, config.probes, config.dose_shots) == (8, False, (1, 3, 4))
-    untouched = {f.name: f.default for f in options} | {"n_pairs": 8, "probes": False, "shots": 4}
+    untouched = {f.name: f.default for f in options} | {"n_pairs": 8, "probes": False}
     assert {k: getattr(config, k) for k in untouched if k != "dose_shots"} == {
         k: v for k, v in untouched.items() if k != "dose_shots"}
     assert set(sweep_keys(ShiftConfig)) == {f.name for f in options if f.metadata["sweep"]}
@@ -224,6 +224,6 @@ def test_quick_leaves_the_users_config_as_given():
     assert (config.shots, config.n_pairs, config.n_train) == (4, 16, 128)
     assert (quick.shots, quick.n_pairs, quick.n_train, quick.dose_shots) == (4, 6, 32, (1, 2, 4))
     assert quick.resolved() == quick
-    default = ShiftConfig(model="tiny-random-llama", quick=True)    # only the default is lowered
-    assert (default.shots, default.resolved().shots) == (None, 2)
+    two = ShiftConfig(model="tiny-random-llama", quick=True, shots=2)   # a given count is kept
+    assert two.resolved().shots == 2 and ShiftConfig(quick=True).resolved().shots == 4
     assert ShiftConfig(model="tiny-random-llama").resolved().n_pairs == 16

@@ -219,6 +219,34 @@ def test_quick_run_writes_every_key_consistently(quick_run):
     icl_ids = saved["conditions"]["base-icl"]["demo_ids"]
     assert icl_ids and all(ids == icl_ids for ids in saved["demo_ids_by_stage"].values())
     assert saved["conditions"]["base-icl-shuffled"]["label_agreement"] == 0.5
+    # the shuffled sham keeps base-icl's label counts, exactly half wrong (k = 4)
+    real, wrong = (saved["conditions"][c]["demo_labels"] for c in ("base-icl",
+                                                                   "base-icl-shuffled"))
+    assert sorted(real) == sorted(wrong) and sum(a != b for a, b in zip(real, wrong)) == 2
+    assert saved["conditions"]["base-icl-other-task"]["demo_labels"] is not None
+    other = saved["conditions"]["base-icl-other-task"]
+    assert len(other["demo_ids"]) == len(other["demo_labels"]) >= 1
+    # as many demonstrations only when a set that long exists; the length is what is matched
+    assert len(other["demo_ids"]) == len(real) or abs(other["length_ratio"] - 1) <= 0.25
+    assert saved["conditions"]["ft-zs"]["demo_labels"] is None
+    # the random update moves each matrix as far as fine-tuning did
+    runs = saved["ft_runs"]["runs"]
+    ft, rand = runs["ft-zs/0"]["delta_norms"], runs["ft-random-delta/0"]["delta_norms"]
+    assert set(ft) == set(rand) and ft
+    for name in ft:
+        assert rand[name]["rank"] == ft[name]["rank"]
+        assert rand[name]["spectral"] == pytest.approx(ft[name]["spectral"], rel=1e-4)
+        assert rand[name]["frobenius"] == pytest.approx(ft[name]["frobenius"], rel=1e-4)
+    assert all("@" in k for k in runs if k.startswith("ft-zs/0@"))
+    assert runs["ft-zs/0"]["activation_effect"] > 0 and runs["ft-random-delta/0"][
+        "activation_effect"] > 0
+    # causal tests on all n pairs of set B, random sets outside the chosen one
+    causal = saved["causal"]
+    assert causal["n_test_pairs"] == config.resolved().n_pairs and causal["ranking"]
+    for test in ("necessity_icl", "sufficiency_ft", "icl_circuit_in_ft"):
+        assert causal[test]["n_test_pairs"] == config.resolved().n_pairs
+        assert causal[test]["overlap_with_chosen"] == 0
+        assert causal[test]["logit_diff"]["n_prompts"] == config.resolved().n_pairs
     # shams at matched prompt length
     target = saved["conditions"]["base-icl"]["mean_prompt_tokens"]
     for sham in ("base-icl-other-task", "base-icl-shuffled"):

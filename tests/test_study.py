@@ -71,6 +71,11 @@ def test_matched_random_sets_keep_the_deciles():
     assert len(sets) == 30 and all(len(set(s)) == 4 for s in sets)
     for s in sets:
         assert sorted(i // 10 for i in s) == sorted(i // 10 for i in chosen)
+        assert not set(s) & set(chosen)            # drawn from outside the chosen set
+    # a decile that runs dry: the nearest |score| outside the chosen set stands in
+    crowded = matched_random_sets(importance, list(range(90, 100)), 5, seed=2)
+    assert all(len(set(s)) == 10 and min(s) >= 80 and not set(s) & set(range(90, 100))
+               for s in crowded)
 
 
 def test_partial_spearman_removes_dose_and_method():

@@ -8,13 +8,16 @@ import torch
 from archs import tiny_model_dir
 
 from interp.finetune.deltas import (
+    activation_effect,
     delta_from_factors,
+    delta_norms,
     difference,
     load_update,
     lora_factors,
     norms,
     random_like,
     save_update,
+    spectrum,
     total_norm,
 )
 
@@ -82,6 +85,23 @@ def test_update_norms_and_random_updates_by_hand():
     r0, r0_again, r1 = random_like(delta, 0), random_like(delta, 0), random_like(delta, 1)
     assert norms(r0) == pytest.approx(norms(delta))
     assert torch.equal(r0["a"], r0_again["a"]) and not torch.equal(r0["a"], r1["a"])
+    # a LoRA-like update: the random one has its rank and singular values, another direction
+    gen = torch.Generator().manual_seed(0)
+    low = {"w": torch.randn(96, 4, generator=gen) @ torch.randn(4, 64, generator=gen),
+           "full": torch.randn(24, 16, generator=gen)}
+    rand = random_like(low, seed=5)
+    for name in low:
+        mine, theirs = delta_norms(rand)[name], delta_norms(low)[name]
+        assert mine["rank"] == theirs["rank"] == min(4 if name == "w" else 16, 16)
+        assert torch.allclose(spectrum(rand[name]), spectrum(low[name]), rtol=1e-5)
+        assert mine["spectral"] == pytest.approx(float(torch.linalg.matrix_norm(low[name], 2)),
+                                                 rel=1e-5)
+    cosine = torch.nn.functional.cosine_similarity(rand["w"].flatten(), low["w"].flatten(), 0)
+    assert abs(float(cosine)) < 0.2
+    # its reach on inputs: ||dW x|| by hand
+    x = torch.randn(3, 64, generator=gen)
+    assert activation_effect({"w": x}, {"w": low["w"]}) == pytest.approx(
+        float((x @ low["w"].T).norm(dim=-1).mean()), rel=1e-5)
     after = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([5.0])}
     assert list(difference(after, {"a": torch.tensor([1.0, 0.0]), "b": after["b"]})) == ["a"]
 

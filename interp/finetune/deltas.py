@@ -57,16 +57,97 @@ def difference(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) 
     return out
 
 
+def _generator(seed: int, name: str) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)) * 7919)
+
+
+def spectrum(d: torch.Tensor, guess: int = 64) -> torch.Tensor:
+    """The non-zero singular values of a matrix, largest first (numerical rank: those above
+    ``max(S) * max(shape) * eps``, as ``torch.linalg.matrix_rank``). A matrix of rank below
+    ``guess`` (a LoRA update) is reduced to its range first (exact up to rounding: the range of
+    ``d @ omega`` is d's for a Gaussian ``omega`` wider than the rank); otherwise the full SVD."""
+    d = d.double()
+    k = min(guess, *d.shape)
+    values = None
+    if k < min(d.shape):
+        omega = torch.randn(d.shape[1], k, generator=torch.Generator().manual_seed(0),
+                            dtype=torch.float64)
+        q, _ = torch.linalg.qr(d @ omega)
+        values = torch.linalg.svdvals(q.T @ d)
+    if values is None or (len(values) and values[-1] > _tolerance(values, d)):
+        values = torch.linalg.svdvals(d)          # full rank, or wider than the guess
+    if not len(values) or values[0] == 0:
+        return values[:0]
+    return values[values > _tolerance(values, d)]
+
+
+def _tolerance(values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    return values[0] * max(d.shape) * torch.finfo(torch.float32).eps
+
+
+def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
+    q, r = torch.linalg.qr(torch.randn(rows, cols, generator=gen, dtype=torch.float64))
+    return q * torch.sign(torch.diagonal(r))     # a Haar-distributed frame
+
+
 def random_like(delta: Delta, seed: int = 0) -> Delta:
-    """A random update with the same per-matrix Frobenius norms as ``delta`` (Gaussian
-    directions, seeded by the run seed and the parameter's name)."""
+    """A random update that moves each matrix as far as ``delta`` did: per matrix, random
+    orthonormal factors with the same rank and singular values (so the same Frobenius and
+    spectral norms), seeded by the run seed and the parameter's name; vectors (biases, norms)
+    get a random direction with their norm."""
     out = {}
     for name in sorted(delta):
-        d = delta[name]
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)) * 7919)
-        r = torch.randn(d.shape, generator=gen)
-        out[name] = r * (d.norm() / r.norm().clamp_min(1e-30))
+        d, gen = delta[name], _generator(seed, name)
+        if d.ndim < 2:
+            r = torch.randn(d.shape, generator=gen)
+            out[name] = r * (d.norm() / r.norm().clamp_min(1e-30))
+            continue
+        values = spectrum(d)
+        u = _orthonormal(d.shape[0], len(values), gen)
+        v = _orthonormal(d.shape[1], len(values), gen)
+        out[name] = ((u * values) @ v.T).to(d.dtype)
     return out
+
+
+def delta_norms(delta: Delta) -> dict[str, dict]:
+    """Per matrix: numerical rank, Frobenius and spectral norm (vectors: rank 1, the norm)."""
+    out = {}
+    for name, d in delta.items():
+        values = spectrum(d) if d.ndim >= 2 else d.norm().reshape(1).double()
+        out[name] = {"rank": int(len(values)), "frobenius": float(d.double().norm()),
+                     "spectral": float(values[0]) if len(values) else 0.0}
+    return out
+
+
+@torch.no_grad()
+def final_inputs(hf, names: set[str], ids: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The input ``[prompts, d_in]`` at each prompt's final token of every linear layer whose
+    weight is named in ``names`` (``ids``: token tensors ``[T]``; one forward each)."""
+    inputs: dict[str, list[torch.Tensor]] = {}
+
+    def keep(name):
+        def hook(module, args):
+            inputs.setdefault(name, []).append(args[0][0, -1].detach().float().cpu())
+        return hook
+
+    handles = [m.register_forward_pre_hook(keep(_weight_name(n)))
+               for n, m in hf.named_modules()
+               if isinstance(m, torch.nn.Linear) and _weight_name(n) in names]
+    try:
+        for row in ids:
+            hf(row[None].to(hf.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: torch.stack(xs) for name, xs in inputs.items()}
+
+
+def activation_effect(inputs: dict[str, torch.Tensor], delta: Delta) -> float:
+    """The update's reach on real inputs: ``||dW x||`` over the prompts of
+    :func:`final_inputs`, averaged over prompts, then over the updated matrices."""
+    effects = [(inputs[name] @ d.float().T).norm(dim=-1).mean()
+               for name, d in delta.items() if name in inputs and d.ndim == 2]
+    return float(torch.stack(effects).mean()) if effects else 0.0
 
 
 def norms(delta: Delta) -> dict[str, float]:

@@ -96,9 +96,10 @@ def write_study_report(out: Path, claims, summary: dict, cells: list[dict], conf
             "that counts): holds (above +margin), contradicted (below -margin), "
             "positive/negative_below_margin (beyond 0 but not the margin), no_effect (inside "
             "the margin), inconclusive (otherwise or undefined), moot (necessity/sufficiency "
-            "without an established ICL gain). holds and contradicted stand only if their "
-            "minimal-effect test survives Holm's correction over every claim x cell test of the "
-            "study (p_holm). MDD: minimum detectable difference at 80 % power.</p>",
+            "when the gain is not established: its interval over all pairs reaches 0). holds "
+            "and contradicted stand only if their minimal-effect test survives Holm's "
+            "correction over every claim x cell test of the study (p_holm). MDD: minimum "
+            "detectable difference at 80 % power.</p>",
             "<h2>Claims per model and task</h2>",
             table(["claim", "model", "task", "estimate", "95% CI", "MDD", "verdict", "p_holm",
                    "reason"], rows, "claims"),

@@ -1,24 +1,31 @@
 """Does the shift carry the gain? Causal tests of the most shifted components.
 
-Components are chosen on one half of the counterfactual pairs (the k with the largest
-|score_icl - score_zs|, or |score_ft - score_zs| for fine-tuning) and tested on the other half
-of the pairs and on pattern test queries, beside random sets of k components matched to the
-chosen set's |score| deciles (in the condition they are tested in). Interventions act on the
+Components are chosen on set A (the first n counterfactual pairs): the k whose score moves most
+from base-zs on scale-free maps (each map divided by its norm, so fine-tuning's amplification of
+the same map is no shift). They are tested on all n pairs of set B (never used for selection) and
+on pattern test queries, beside random sets of k components drawn from outside the chosen set and
+matched to its |score| deciles (in the condition they are tested in). Interventions act on the
 final token (where the answer is read), so every set costs one token per prompt behind the
-prompt's KV cache.
+prompt's KV cache; the maps sum attribution over the positions from the first edited token, so
+a component whose effect sits earlier is under-tested (stated in ``causal.json``). The tests use
+replicate seed 0 of every condition.
 
-- **Necessity**: mean-ablate the set (each condition's own mean final-token activation) in
-  base-icl; the share of ICL's gain over base-zs it removes (logit difference on pairs;
-  accuracy on queries). Mirror: the FT set ablated in ft-zs, share of FT's gain removed.
+- **Necessity**: mean-ablate the set (the condition's mean final-token activation over set A's
+  prompts, disjoint from the test prompts) in base-icl; the share of ICL's gain over base-zs
+  it removes (logit difference on pairs; accuracy on queries). Mirror: the FT set ablated in
+  ft-zs, share of FT's gain removed.
 - **Sufficiency**: patch the set's final-token outputs from base-icl into base-zs (same query,
   no demonstrations), and from ft-zs into the base model (cross-model); share of the gain
   recovered.
 - **Cross-condition**: the ICL set ablated in ft-zs (share of FT's gain removed) and the FT set
   in base-icl.
 
-Each reports the chosen set's share minus the random sets' mean share, with a bootstrap interval
-over test prompts, and the chosen set's percentile among the random sets. A test whose gain
-interval does not lie above 0 is ``moot`` (nothing to explain).
+Each reports the metric the chosen set removes (or recovers) minus the random sets' mean, in
+logit units with a bootstrap interval over test prompts (``removed``), that as a share of the
+gain with Fieller's interval (the claim's estimate), and the chosen set's percentile among the
+random sets. A test whose method has no established gain over base-zs (the logit-difference
+gain on all 2n pairs, interval not above 0) is ``moot``: "gain not established", not "no
+gain".
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import auto_chunk, stacked_sets
 from interp.circuits import ScoreMap, components
 from interp.engine import capture, encode, forward, length_groups
+from interp.names import largest
 from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
 from interp.shift.config import ShiftConfig
@@ -121,94 +129,117 @@ def run_sets(runner: ConditionRunner, cond: Condition, prompts: Prompts, sets,
 
 def matched_random_sets(importance: torch.Tensor, chosen: Sequence[int], n_sets: int,
                         seed: int = 0) -> list[list[int]]:
-    """Random sets of ``len(chosen)`` components, each chosen component replaced by a random one
-    of the same |importance| decile (distinct within a set)."""
-    order = importance.abs().argsort()
+    """Random sets of ``len(chosen)`` components drawn from outside the chosen set, each chosen
+    component replaced by a random one of the same |importance| decile (distinct within a set);
+    where a decile has none left, the component nearest in |importance| outside the chosen set
+    and the set so far."""
+    size = importance.abs()
+    order = size.argsort()
     decile = torch.empty_like(order)
     decile[order] = (torch.arange(len(order)) * 10) // len(order)
-    pools = {d: (decile == d).nonzero().flatten().tolist() for d in range(10)}
+    taken = set(int(c) for c in chosen)
+    pools = {d: [i for i in (decile == d).nonzero().flatten().tolist() if i not in taken]
+             for d in range(10)}
     rng = random.Random(f"matched|{seed}")
     out = []
     for _ in range(n_sets):
         picked: list[int] = []
         for c in chosen:
-            pool = [i for i in pools[int(decile[c])] if i not in picked] or \
-                [i for i in range(len(order)) if i not in picked]
-            picked.append(rng.choice(pool))
+            pool = [i for i in pools[int(decile[c])] if i not in picked]
+            if not pool:
+                free = [i for i in range(len(size)) if i not in taken and i not in picked]
+                pool = [min(free, key=lambda i: abs(float(size[i] - size[c])))] if free else []
+            if pool:
+                picked.append(rng.choice(pool))
         out.append(picked)
     return out
 
 
+def most_shifted(maps: dict[str, torch.Tensor], name: str, k: int) -> list[int]:
+    """The ``k`` components whose score moves most from base-zs to ``name``, on scale-free maps
+    (each map divided by its norm): a condition that only amplifies base-zs's map (as
+    fine-tuning's larger gap does) has shifted nothing."""
+    a, b = maps[name], maps["base-zs"]
+    return largest(a / a.norm().clamp_min(1e-12) - b / b.norm().clamp_min(1e-12), k)
+
+
+def gain_interval(high: torch.Tensor, low: torch.Tensor, n_boot: int, seed: int) -> dict:
+    """The mean of ``high - low`` over prompts with its bootstrap interval; ``established`` when
+    the interval lies above 0."""
+    d = (high - low).double()
+    w = resample_weights(len(d), n_boot, seed)
+    lo, hi = percentile_ci(d @ w.T)
+    return {"estimate": float(d.mean()), "ci95": [float(lo), float(hi)],
+            "established": bool(float(lo) > 0)}
+
+
+def fieller(a: float, b: float, boot_a: torch.Tensor, boot_b: torch.Tensor, z: float = 1.96
+            ) -> list[float] | None:
+    """Fieller's 95 % interval of the ratio ``a / b`` from the bootstrap (co)variances of
+    numerator and denominator; None when it is unbounded (the denominator's interval reaches
+    0: the ratio is not defined by these data)."""
+    cov = torch.cov(torch.stack([boot_a, boot_b]).double())
+    v11, v12, v22 = float(cov[0, 0]), float(cov[0, 1]), float(cov[1, 1])
+    qa, qb, qc = b * b - z * z * v22, -2 * (a * b - z * z * v12), a * a - z * z * v11
+    disc = qb * qb - 4 * qa * qc
+    if qa <= 0 or disc < 0:
+        return None
+    root = disc ** 0.5
+    return [(-qb - root) / (2 * qa), (-qb + root) / (2 * qa)]
+
+
 def share_test(base: torch.Tensor, reference: torch.Tensor, runs: torch.Tensor, sign: float,
-               mask: torch.Tensor, n_boot: int, seed: int) -> dict:
-    """Shares of the gain (reference - base, averaged over prompts in ``mask``) that each set
-    removes (``sign`` -1: reference - run) or recovers (+1: run - base); ``runs[0]`` is the
-    chosen set, the rest random sets. Returns the chosen share minus the random mean, its
-    bootstrap interval over prompts, the chosen set's percentile among the random ones, and the
-    gain with its interval (``moot`` when the gain interval does not lie above 0)."""
+               mask: torch.Tensor, n_boot: int, seed: int, gain: dict | None = None) -> dict:
+    """What the chosen set (``runs[0]``) does beyond matched random sets (``runs[1:]``) to the
+    gain ``reference - base`` over the prompts in ``mask``: the metric it removes (``sign`` -1:
+    reference - run) or recovers (+1: run - base), chosen minus the random mean (``removed``,
+    in metric units, bootstrap interval over prompts), and that as a share of the gain (Fieller
+    interval). ``moot`` when the gain (``gain``: a full-sample interval; default: these
+    prompts') is not established; then there is nothing to explain."""
     idx = mask.nonzero().flatten()
     if len(idx) == 0:
         return {"estimate": None, "ci95": None, "reason": "no prompts of this kind"}
     b, r, x = base[idx].double(), reference[idx].double(), runs[:, idx].double()
     w = resample_weights(len(idx), n_boot, seed)                    # [n_boot, m]
-    gain, gain_boot = float((r - b).mean()), (r - b) @ w.T
     effect = (r[None] - x) if sign < 0 else (x - b[None])           # [sets, m]
-    shares = effect.mean(-1) / gain if gain else effect.mean(-1) * float("nan")
-    boot = (effect @ w.T) / gain_boot[None]                          # [sets, n_boot]
-    diff_boot = boot[0] - boot[1:].mean(0)
-    low, high = percentile_ci(diff_boot[torch.isfinite(diff_boot)]) if torch.isfinite(
-        diff_boot).any() else (torch.tensor(float("nan")),) * 2
-    glow, ghigh = percentile_ci(gain_boot)
-    moot = not float(glow) > 0
-    est = float(shares[0] - shares[1:].mean())
-    return {"estimate": None if moot else est,
-            "ci95": None if moot else [float(low), float(high)],
+    numerator = effect[0] - effect[1:].mean(0) if len(effect) > 1 else effect[0]
+    num, num_boot = float(numerator.mean()), numerator @ w.T
+    den, den_boot = float((r - b).mean()), (r - b) @ w.T
+    gain = gain or gain_interval(r, b, n_boot, seed)
+    moot = not gain["established"]
+    ci = None if moot else fieller(num, den, num_boot, den_boot)
+    shares = effect.mean(-1) / den if den else effect.mean(-1) * float("nan")
+    nlo, nhi = percentile_ci(num_boot)
+    reason = ("gain not established (its interval does not lie above 0)" if moot else
+              None if ci is not None else "the share's Fieller interval is unbounded")
+    return {"estimate": None if moot else num / den if den else None, "ci95": ci,
+            "removed": {"estimate": num, "ci95": [float(nlo), float(nhi)]},
             "chosen_share": float(shares[0]), "random_mean_share": float(shares[1:].mean()),
             "percentile": float((shares[1:] < shares[0]).double().mean()),
-            "gain": {"estimate": gain, "ci95": [float(glow), float(ghigh)]},
-            "moot": moot, "reason": "no gain over base-zs to explain" if moot else None,
+            "gain": gain, "gain_test_prompts": den, "moot": moot, "reason": reason,
             "n_prompts": len(idx)}
 
 
-def causal_tests(runner: ConditionRunner, config: ShiftConfig, conds: dict[str, Condition],
-                 scores: dict, pair_sets: dict[str, PairSet], queries: dict) -> dict:
-    n = config.n_pairs
-    half = n // 2
-    k = max(config.ks)
-    sel = slice(0, half)
-    maps = {name: flatten(scores[f"{name}/0"]["counterfactual"])[:, sel].mean(-1)
-            for name in ("base-zs", "base-icl", "ft-zs")}
-    chosen = {"icl": (maps["base-icl"] - maps["base-zs"]).abs().argsort(descending=True)[:k],
-              "ft": (maps["ft-zs"] - maps["base-zs"]).abs().argsort(descending=True)[:k]}
-    heads_map = scores["base-zs/0"]["counterfactual"]["heads"]
-    L, H = heads_map.shape[:2]
-    template = ComponentIndex(L, H)
-    test_pairs = pair_sets["counterfactual"].subset(range(half, n))
-    prompts = Prompts(config, runner.model.tokenizer, test_pairs,
-                      queries["pattern"][: min(config.n_eval, 32)])
-    is_pair = torch.arange(len(prompts.ids)) < prompts.n_pairs
-    masks = {"logit_diff": is_pair, "accuracy": ~is_pair}
-    random_for = {}
-    for arm, where in (("icl", "base-icl"), ("ft", "ft-zs")):
-        random_for[arm] = matched_random_sets(maps[where], chosen[arm].tolist(),
-                                              config.n_random_sets, config.seed + len(arm))
-    plain = {name: run_sets(runner, conds[name], prompts, [((), ())], None)[0]
+REPLICATE = 0   #: the tests run on replicate seed 0 of every condition (said in causal.json)
+
+
+def full_gains(scores: dict, n_boot: int, seed: int) -> dict[str, dict]:
+    """Each method's gain in logit difference over base-zs on all pairs of both sets (clean
+    prompts, replicate 0): what decides whether a test is moot."""
+    clean = {name: scores[f"{name}/{REPLICATE}"]["counterfactual"]["clean"]
              for name in ("base-zs", "base-icl", "ft-zs")}
+    return {high: gain_interval(clean[high], clean["base-zs"], n_boot, seed)
+            for high in ("base-icl", "ft-zs")}
+
+
+def _plan(runner, conds, prompts: Prompts, reference: Prompts) -> dict:
+    """The six tests; ablation means come from ``reference`` (set A's prompts, disjoint from
+    the test prompts), sufficiency sources are the test prompts' own outputs."""
     means = {name: {h: v.mean(0, keepdim=True) for h, v in
-                    final_values(runner, conds[name], prompts).items()}
+                    final_values(runner, conds[name], reference).items()}
              for name in ("base-icl", "ft-zs")}
-    # sources of the sufficiency tests: the same query's final token with demonstrations
-    # (base-icl), and in the fine-tuned model (ft-zs: cross-model patching into base-zs)
     sources = {name: final_values(runner, conds[name], prompts) for name in ("base-icl", "ft-zs")}
-
-    def sets_of(arm):
-        return [template.split([int(i) for i in chosen[arm]])] + [
-            template.split(s) for s in random_for[arm]]
-
-    out = {"k": k, "selection_pairs": half, "test_pairs": n - half,
-           "test_queries": int((~is_pair).sum()), "random_sets": config.n_random_sets,
-           "chosen": {arm: [template.name(int(i)) for i in chosen[arm]] for arm in chosen}}
-    plan = {
+    return {
         "necessity_icl": CausalTest("icl", "base-icl", means["base-icl"], "base-zs", "base-icl"),
         "necessity_ft": CausalTest("ft", "ft-zs", means["ft-zs"], "base-zs", "ft-zs"),
         "sufficiency_icl": CausalTest("icl", "base-zs", sources["base-icl"], "base-zs",
@@ -219,11 +250,53 @@ def causal_tests(runner: ConditionRunner, config: ShiftConfig, conds: dict[str, 
         "ft_circuit_in_icl": CausalTest("ft", "base-icl", means["base-icl"], "base-zs",
                                         "base-icl"),
     }
-    for name, test in plan.items():
-        runs = run_sets(runner, conds[test.run_in], prompts, sets_of(test.arm), test.values)
-        out[name] = {metric: share_test(plain[test.low], plain[test.high], runs, test.sign,
-                                        mask, config.n_boot, config.seed)
-                     for metric, mask in masks.items()}
+
+
+def _header(config: ShiftConfig, k: int, chosen: dict, random_for: dict, template,
+            n_queries: int) -> dict:
+    n = config.n_pairs
+    overlap = {arm: max((len(set(r) & set(chosen[arm])) for r in random_for[arm]), default=0)
+               for arm in chosen}
+    return {"k": k, "replicate": REPLICATE, "selection_pairs": n, "n_test_pairs": n,
+            "test_queries": n_queries, "random_sets": config.n_random_sets,
+            "ranking": "scale-free: |map/||map|| - base-zs/||base-zs|||, on set A's pairs",
+            "positions": "interventions at the final token", "ablation_means": "set A's prompts",
+            "overlap_with_chosen": overlap,
+            "chosen": {arm: [template.name(i) for i in chosen[arm]] for arm in chosen}}
+
+
+def causal_tests(runner: ConditionRunner, config: ShiftConfig, conds: dict[str, Condition],
+                 scores: dict, pair_sets: dict[str, PairSet], queries: dict) -> dict:
+    """Components chosen on set A's n pairs, tested on all n pairs of set B (and on pattern
+    test queries), against random sets from outside the chosen set."""
+    n, k = config.n_pairs, max(config.ks)
+    maps = {name: flatten(scores[f"{name}/{REPLICATE}"]["counterfactual"])[:, :n].mean(-1)
+            for name in ("base-zs", "base-icl", "ft-zs")}
+    chosen = {"icl": most_shifted(maps, "base-icl", k), "ft": most_shifted(maps, "ft-zs", k)}
+    template = ComponentIndex(*scores["base-zs/0"]["counterfactual"]["heads"].shape[:2])
+    pairs = pair_sets["counterfactual"]
+    prompts = Prompts(config, runner.model.tokenizer, pairs.subset(range(n, 2 * n)),
+                      queries["pattern"][: min(config.n_eval, 32)])
+    reference = Prompts(config, runner.model.tokenizer, pairs.subset(range(n)), [])
+    is_pair = torch.arange(len(prompts.ids)) < prompts.n_pairs
+    random_for = {arm: matched_random_sets(maps[where], chosen[arm], config.n_random_sets,
+                                           config.seed + len(arm))
+                  for arm, where in (("icl", "base-icl"), ("ft", "ft-zs"))}
+    plain = {name: run_sets(runner, conds[name], prompts, [((), ())], None)[0]
+             for name in ("base-zs", "base-icl", "ft-zs")}
+    gains = full_gains(scores, config.n_boot, config.seed)
+    out = _header(config, k, chosen, random_for, template, int((~is_pair).sum()))
+    for name, test in _plan(runner, conds, prompts, reference).items():
+        sets = [template.split(chosen[test.arm])] + [template.split(r)
+                                                     for r in random_for[test.arm]]
+        runs = run_sets(runner, conds[test.run_in], prompts, sets, test.values)
+        low, high = plain[test.low], plain[test.high]
+        out[name] = {"n_test_pairs": n, "ranking": "scale-free",
+                     "overlap_with_chosen": out["overlap_with_chosen"][test.arm],
+                     "logit_diff": share_test(low, high, runs, test.sign, is_pair,
+                                              config.n_boot, config.seed, gains[test.high]),
+                     "accuracy": share_test(low, high, runs, test.sign, ~is_pair,
+                                            config.n_boot, config.seed)}
     return out
 
 

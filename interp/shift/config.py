@@ -33,7 +33,6 @@ SHAMS: dict[str, Shams] = {spec.name: spec.shams for spec in TABLE if spec.shams
 #: each family's other-task partner (declared on the family: ``TaskFamily.other_task``; same
 #: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
 #: numbers; parity's even/odd has no partner, so it borrows boolean's)
-DEFAULT_SHOTS, QUICK_SHOTS = 4, 2
 OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must lie above this
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
@@ -70,8 +69,8 @@ def setting(default, help: str, *, flag: str | None = None, sweep: bool = True, 
 class ShiftConfig:
     model: str = "smollm2-135m"
     task: str = setting("boolean", "task family", sweep=False, kind=str)
-    shots: int | None = setting(None, "demonstrations for base-icl (default: 4; 2 under --quick)",
-                                kind=int, type=positive())
+    shots: int = setting(4, "demonstrations for base-icl (kept under --quick: the shuffled sham "
+                            "needs a multiple of 4 for exactly half wrong)", type=positive())
     n_train: int = setting(128, "fine-tuning samples for ft-zs (and each fine-tuning sham)",
                            type=positive())
     ft_method: str = setting("lora", "fine-tuning method", kind=str, choices=("lora", "full"))
@@ -113,19 +112,13 @@ class ShiftConfig:
         family = get_task(self.task)
         family.resolve_knobs(self.knobs)
         other_task_of(self.task)        # the other-task shams need a partner family
-        if self.shots is None and not self.quick:
-            self.shots = DEFAULT_SHOTS
-        for name in ("n_train", "n_eval", "n_pairs", "n_boot", "epochs", "demo_seeds",
+        for name in ("shots", "n_train", "n_eval", "n_pairs", "n_boot", "epochs", "demo_seeds",
                      "ft_seeds", "n_splits", "n_random_sets"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        shots = self.shots
-        if shots is not None and (not isinstance(shots, int) or isinstance(shots, bool)
-                                  or shots < 1):
-            raise ConfigError(f"shots must be a positive integer, got {self.shots!r}")
         for name, most in LIMITS.items():
-            if (getattr(self, name) or 0) > most:
+            if getattr(self, name) > most:
                 raise ConfigError(f"{name} must be at most {most:,} (a larger request would not "
                                   f"fit this machine's memory or time), got {getattr(self, name)}")
         if self.n_pairs < 4:
@@ -137,18 +130,17 @@ class ShiftConfig:
         if not 0 <= self.margin < 1:
             raise ConfigError(f"margin must be in [0, 1), got {self.margin}")
         self.ks = tuple(int(k) for k in self.ks)
-        self.dose_shots = tuple(sorted(set(int(k) for k in self.dose_shots)
-                                       | ({self.shots} if self.shots else set())))
+        self.dose_shots = tuple(sorted(set(int(k) for k in self.dose_shots) | {self.shots}))
         if len(self.dose_shots) < 3 or min(self.dose_shots) < 1:
             raise ConfigError("dose_shots needs at least 3 positive shot counts")
 
     def resolved(self) -> ShiftConfig:
         """The sizes a run uses: under ``quick``, the smallest that still run every stage (a
-        new config; this one is left as the user gave it), else this config itself. A shot
-        count given keeps its value; only the default is lowered."""
+        new config; this one is left as the user gave it), else this config itself. The shot
+        count is kept (the shuffled sham needs a multiple of 4)."""
         if not self.quick:
             return self
-        return replace(self, shots=self.shots or QUICK_SHOTS, n_train=32, n_eval=8, n_pairs=6,
+        return replace(self, n_train=32, n_eval=8, n_pairs=6,
                        n_boot=100, epochs=1, ks=(3, 5), dose_shots=(1, 2, 4),
                        n_random_sets=min(self.n_random_sets, 8))
 
@@ -196,7 +188,7 @@ class ShiftConfig:
 
     def causal_settings(self) -> dict:
         return {**self.scores_settings(), "ks": list(self.ks),
-                "n_random_sets": self.n_random_sets}
+                "n_random_sets": self.n_random_sets, "design": "set-b-scale-free"}
 
 
 def out_path(config: ShiftConfig) -> Path:

@@ -22,8 +22,11 @@ from typing import NamedTuple
 from interp.prompts import choose_demos, relabel
 from interp.tasks import Example
 
-#: ICL shams' prompts within 5 % of base-icl's prefix length in tokens (else their gate fails)
-LENGTH_TOLERANCE = 0.05
+#: the other-task sham's search target: a prefix within 5 % of base-icl's length in tokens
+LENGTH_TARGET = 0.05
+#: ICL shams' prefixes within 25 % of base-icl's length, else their gate fails (demonstrations
+#: come in whole items, so some family pairs cannot reach the target; the ratio is recorded)
+LENGTH_TOLERANCE = 0.25
 #: candidate demonstration sets of the other family searched for the closest length
 LENGTH_CANDIDATES = 256
 
@@ -50,20 +53,22 @@ def icl_shuffled(config, demos: list[Example], seed: int, length: Length) -> Dem
 
 
 def icl_other_task(config, demos: list[Example], seed: int, length: Length) -> Demos:
-    """As many demonstrations of the other family, the set of that size (among
-    :data:`LENGTH_CANDIDATES` seeded draws from its pool) closest to base-icl's prefix length."""
-    target = length(config.task, demos)
-    pool = choose_demos(config.other_task, 64, seed=config.seed + seed)
+    """Demonstrations of the other family at base-icl's prefix length (within
+    :data:`LENGTH_TARGET`): as many as base-icl's when a set of that size comes that close
+    (seeded draws from its pool), else the nearest count that does, else the closest length
+    found (count and length ratio recorded)."""
+    k, target = len(demos), length(config.task, demos)
+    pool = choose_demos(config.other_task, max(64, 3 * k), seed=config.seed + seed)
     rng = random.Random(f"other-task|{config.seed + seed}")
-    best = pool[:len(demos)]
-    best_ratio = length(config.other_task, best) / target
-    for _ in range(LENGTH_CANDIDATES):
-        if abs(best_ratio - 1) <= LENGTH_TOLERANCE / 5:
-            break
-        pick = rng.sample(pool, len(demos))
-        ratio = length(config.other_task, pick) / target
-        if abs(ratio - 1) < abs(best_ratio - 1):
-            best, best_ratio = pick, ratio
+    best, best_ratio = pool[:k], length(config.other_task, pool[:k]) / target
+    for count in sorted(range(1, 3 * k + 1), key=lambda c: (abs(c - k), c)):
+        for _ in range(LENGTH_CANDIDATES // 4):
+            pick = rng.sample(pool, count)
+            ratio = length(config.other_task, pick) / target
+            if abs(ratio - 1) < abs(best_ratio - 1):
+                best, best_ratio = pick, ratio
+            if abs(ratio - 1) <= LENGTH_TARGET:
+                return Demos(pick, None, ratio, config.other_task)
     return Demos(best, None, best_ratio, config.other_task)
 
 
@@ -103,7 +108,8 @@ TABLE: tuple[ConditionSpec, ...] = (
     ConditionSpec("base-icl", "icl", "real", "the base model with k demonstrations", "#ef553b",
                   shams=Shams("base-icl-other-task", "base-icl-shuffled"), demonstrations=icl_real),
     ConditionSpec("base-icl-other-task", "icl", "sham",
-                  "as many demonstrations of another family, at matched prompt length", "#f4a582",
+                  "demonstrations of another family at matched prompt length (as many when a "
+                  "set that long exists)", "#f4a582",
                   "ICL changes the input: a longer prompt of demonstrations at matched length, "
                   "but of another task, removes what any long prompt does to the circuit.",
                   other_task=True, demonstrations=icl_other_task),
@@ -124,9 +130,10 @@ TABLE: tuple[ConditionSpec, ...] = (
                   "Fine-tuning on shuffled labels keeps the data's inputs and removes its answers "
                   "(it may erase the behaviour; then its gate fails).", trained=True),
     ConditionSpec("ft-random-delta", "ft", "sham",
-                  "a random update with ft-zs's per-matrix norms", "#999999",
-                  "A random update with the fine-tuned model's per-matrix norms: the pure effect "
-                  "of moving the weights that far; always defined."),
+                  "a random update with ft-zs's per-matrix rank and singular values", "#999999",
+                  "A random update with the fine-tuned model's per-matrix rank and singular "
+                  "values (random orthonormal factors): the pure effect of moving the weights "
+                  "that far in no learned direction; always defined."),
 )
 
 SPECS = {spec.name: spec for spec in TABLE}
