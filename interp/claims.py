@@ -15,14 +15,15 @@ every seed) and, with several demonstration or fine-tuning seeds, the between-se
 the per-seed accuracies is added (t interval); with one seed an interval is conditional on it.
 The study corrects the verdicts for multiplicity (:func:`interp.study.claims_summary`).
 
-If you add a claim: its :class:`Claim` entry in :data:`CLAIMS` and its estimate in
-:func:`claim_rows` (both in this file), committed before the first study run that reports it;
+If you add a claim: its row in ``_TABLE`` (name | margin | what it measures) and its estimate
+in :func:`claim_rows` (both in this file), committed before the first study run that reports it;
 ``claim_rows`` then writes it into every study's table and report.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +33,7 @@ from interp.shift.estimator import mean_stat
 from interp.shift.schema import ConditionKey
 from interp.shift.verdict import decide, mdd
 from interp.stats import percentile_ci, resample_weights
+from interp.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -42,25 +44,32 @@ class Claim:
     measures: str
 
 
-CLAIMS = (
-    Claim("icl_beats_ft", "positive", 0.05,
-          "pattern accuracy of base-icl minus ft-zs, paired on the same test queries"),
-    Claim("icl_shifts_more", "positive", 0.05,
-          "primary effects: (shift(base-icl) - shift(base-icl-other-task)) - (shift(ft-zs) - "
-          "shift(ft-other-task)), disattenuated distances to base-zs"),
-    Claim("shift_necessary", "positive", 0.1,
-          "share of ICL's logit-difference gain over base-zs removed by mean-ablating the k most "
-          "ICL-shifted components in base-icl, minus the mean of matched random sets"),
-    Claim("shift_sufficient", "positive", 0.1,
-          "share of ICL's logit-difference gain recovered by patching those components' "
-          "final-token outputs from base-icl into base-zs, minus matched random sets"),
-    Claim("shift_tracks_gain", "positive", 0.1,
-          "Spearman of the sham-corrected shift against the accuracy gain over all dose-response "
-          "points of both methods and all seeds, after removing what log-dose and method "
-          "explain"),
-    Claim("advantage_pattern_specific", "positive", 0.05,
-          "(base-icl - ft-zs) pattern accuracy minus the same on control queries"),
-)
+#: every claim: its name, its margin, and what it measures (each predicts a positive value)
+_TABLE = """
+icl_beats_ft | 0.05 | pattern accuracy of base-icl minus ft-zs, paired on the same test queries
+    (gated: one of them between the majority answer and 1)
+icl_shifts_more | 0.05 | primary effects: (shift(base-icl) - shift(base-icl-other-task)) -
+    (shift(ft-zs) - shift(ft-other-task)), disattenuated distances to base-zs
+shift_necessary | 0.1 | share of ICL's logit-difference gain over base-zs that mean-ablating
+    the k most ICL-shifted components (chosen on set A, scale-free) removes in base-icl on set
+    B, minus the mean of matched random sets from outside them (Fieller interval)
+shift_sufficient | 0.1 | share of that gain recovered by patching those components' final-token
+    outputs from base-icl into base-zs on set B, minus matched random sets (the logit
+    difference recovered, chosen minus random, is recorded beside it)
+shift_tracks_gain | 0.1 | Spearman of the sham-corrected shift against the accuracy gain over
+    all dose-response points of both methods and all seeds, after removing what log-dose and
+    method explain
+advantage_pattern_specific | 0.05 | (base-icl - ft-zs) pattern accuracy minus the same on
+    control queries (gated as icl_beats_ft, on both kinds of queries)
+icl_relies_on_shortcut | 0.05 | on the strategy-separating pairs (the rule's answer changes,
+    the shortcut's does not), base-zs's clean-corrupt gap minus base-icl's, each as a share of
+    its gap on the counterfactual pairs: positive when ICL's gap moves less, i.e. ICL follows
+    the shortcut more (pre-registered before the first study run that reports it)
+"""
+_ROWS = _TABLE.replace("\n    ", " ").strip().splitlines()     # continuation lines joined
+CLAIMS = tuple(Claim(name, "positive", float(margin), measures)
+               for name, margin, measures in (row.split(" | ", 2) for row in _ROWS))
+
 BY_NAME = {c.name: c for c in CLAIMS}
 MIN_DOSE_POINTS = 8
 
@@ -111,6 +120,33 @@ def accuracy_contrast(results: dict, n_boot: int, seed: int, qconds=("pattern",)
     return interval(total)
 
 
+def floor_ceiling(results: dict, task: str, qcond: str) -> str | None:
+    """Why an accuracy contrast on ``qcond`` queries cannot be read, or None: at least one of
+    base-icl and ft-zs must have an accuracy interval above the majority answer's accuracy
+    (balanced closed answer sets: 1 / choices; open answers: 0) and below 1; both at the floor
+    or at the ceiling say nothing about which method is better."""
+    choices = get_task(task).choices
+    floor = 1 / len(choices) if choices else 0.0
+    for name in ("base-icl", "ft-zs"):
+        ci = results["conditions"][name]["accuracy"][qcond].get("ci95")
+        if ci is not None and ci[0] > floor and ci[1] < 1:
+            return None
+    return (f"no condition's {qcond} accuracy interval lies between the majority answer "
+            f"({floor:.2f}) and 1 (floor or ceiling)")
+
+
+def gated(contrast: dict, results: dict, task: str, qconds: Sequence[str]) -> dict:
+    """An accuracy contrast, made undefined (inconclusive, with the reason) when a query kind
+    it uses fails :func:`floor_ceiling`."""
+    for qcond in qconds:
+        reason = floor_ceiling(results, task, qcond)
+        if reason is not None:
+            return {**contrast, "estimate": None, "ci95": None, "reason": reason,
+                    "ungated": {"estimate": contrast.get("estimate"),
+                                "ci95": contrast.get("ci95")}}
+    return contrast
+
+
 def partial_spearman(points: list[dict], n_boot: int, seed: int) -> tuple[float, list, int]:
     """Spearman of sham-corrected shift and accuracy gain after regressing both ranks on
     (method, log-dose within method); interval by resampling the points."""
@@ -146,7 +182,7 @@ def partial_spearman(points: list[dict], n_boot: int, seed: int) -> tuple[float,
 
 def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: int = 0
                ) -> list[dict]:
-    """The six claims of one model x task run, as ``claims.csv`` rows."""
+    """The claims of one model x task run, as ``claims.csv`` rows (one per claim)."""
     cfg = results["config"]
     steps = max((p["step"] for p in results["dose_response"].get("ft", [])), default=None)
     common = {"task": task, "model": model, "shots": cfg["shots"], "n_train": cfg["n_train"],
@@ -173,7 +209,8 @@ def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: in
                     **{k: common[k] for k in ("shots", "n_train", "steps", "n_pairs",
                                               "demo_seeds", "ft_seeds")}})
 
-    add("icl_beats_ft", accuracy_contrast(results, n_boot, seed))
+    add("icl_beats_ft", gated(accuracy_contrast(results, n_boot, seed), results, task,
+                              ("pattern",)))
     e, sec = results["effects"]["icl_minus_ft"], results["effects_secondary"]["icl_minus_ft"]
     code, _ = decide(e, sec, BY_NAME["icl_shifts_more"].margin)
     add("icl_shifts_more", e, rule_verdict=VERDICT_OF_CODE[code])
@@ -193,6 +230,9 @@ def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: in
     add("shift_tracks_gain", {"estimate": rho, "ci95": ci, "reason": (
         f"only {n} dose-response points with a defined shift (needs {MIN_DOSE_POINTS})"
         if n < MIN_DOSE_POINTS else results["dose_response"].get("reason"))})
+    add("icl_relies_on_shortcut", results.get("separating_reliance")
+        or {"reason": "separating pairs not measured"})
     add("advantage_pattern_specific",
-        accuracy_contrast(results, n_boot, seed, ("pattern", "control")))
+        gated(accuracy_contrast(results, n_boot, seed, ("pattern", "control")), results, task,
+              ("pattern", "control")))
     return out

@@ -102,15 +102,25 @@ def native_bf16() -> bool:
     return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str | None:
     if not (REPO / ".git").exists():
         return None
     try:
-        done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                              text=True, timeout=5)
+        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+                              timeout=5)
     except (OSError, subprocess.SubprocessError):
         return None
     return done.stdout.strip() or None
+
+
+def _git_commit() -> str | None:
+    return _git("rev-parse", "HEAD")
+
+
+def file_commit(relative: str) -> str | None:
+    """The last commit that changed ``relative`` (a path in this checkout), None outside git
+    (the pre-registered claims' definitions: ``interp/claims.py``)."""
+    return _git("log", "-1", "--format=%H", "--", relative)
 
 
 def weights_hash(directory: str | Path | None) -> str | None:

@@ -20,7 +20,7 @@ from interp.claims import BY_NAME, CLAIMS, claim_rows, verdict
 from interp.errors import ConfigError, InterpError
 from interp.files import check_writable, now, read_json, write_csv, write_json
 from interp.locks import release_outputs
-from interp.provenance import write_provenance
+from interp.provenance import file_commit, write_provenance
 from interp.report.study import write_study_report
 from interp.shift import ShiftConfig, preflight, run_shift, study_template
 from interp.tasks import get_task
@@ -123,7 +123,8 @@ def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], 
                                     "complete": len(cells) == total, "cells_total": total,
                                     "claims": summary["claims"],
                                     "holm": summary["holm"], "pooled": summary["pooled"],
-                                    "claim_definitions": [asdict(c) for c in CLAIMS]})
+                                    "claim_definitions": [asdict(c) for c in CLAIMS],
+                                    "claims_commit": file_commit("interp/claims.py")})
     write_study_report(out, claims, summary, cells, config)
     write_provenance(out, asdict(config), {m: m for m in config.models}, started)
 

@@ -1,6 +1,7 @@
 """The claims study: verdicts that follow intervals and margins, causal-test statistics on cases
 with known answers, and a quick study on the tiny model whose report renders."""
 
+import json
 import math
 import os
 from pathlib import Path
@@ -35,7 +36,7 @@ def test_verdict_follows_interval_and_margin(estimate, ci, moot, expected):
 def test_every_claim_predicts_a_positive_value():
     assert {c.name for c in CLAIMS} == {"icl_beats_ft", "icl_shifts_more", "shift_necessary",
                                         "shift_sufficient", "shift_tracks_gain",
-                                        "advantage_pattern_specific"}
+                                        "advantage_pattern_specific", "icl_relies_on_shortcut"}
     assert all(c.prediction == "positive" and c.margin > 0 for c in CLAIMS)
 
 
@@ -120,10 +121,11 @@ def study(tmp_path_factory):
     return out
 
 
-def test_quick_study_writes_six_claims_per_task(study):
+def test_quick_study_writes_every_claim_per_task(study):
     claims = pd.read_csv(study / "claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS
-    assert len(claims) == 2 * 6 and set(claims.task) == {"boolean", "parity"}
+    assert len(claims) == 2 * len(CLAIMS) and set(claims.task) == {"boolean", "parity"}
+    assert (claims.claim == "icl_relies_on_shortcut").sum() == 2 and claims.mdd.notna().any()
     for _, row in claims.iterrows():
         claim = BY_NAME[row["claim"]]
         if pd.isna(row["estimate"]):
@@ -134,6 +136,9 @@ def test_quick_study_writes_six_claims_per_task(study):
             assert row["verdict"] == by_interval or (
                 row["verdict"] == "inconclusive" and "Holm" in row["reason"])
     assert (study / "study.html").is_file() and (study / "provenance.json").is_file()
+    record = json.loads((study / "study.json").read_text())
+    assert "claims_commit" in record and any(
+        d["name"] == "icl_relies_on_shortcut" for d in record["claim_definitions"])
 
 
 def test_study_report_renders_in_headless_chromium(study):
@@ -148,4 +153,48 @@ def test_study_report_renders_in_headless_chromium(study):
         page.screenshot(ARTIFACTS / "study_report.png")
         errors = page.severe_errors()
     assert not errors, errors
-    assert info["rows"] == 12 + 1 and info["runs"] == 2
+    assert info["rows"] == 2 * len(CLAIMS) + 1 and info["runs"] == 2
+
+
+def test_separating_reliance_on_planted_strategies():
+    from interp.shift.config import ShiftConfig
+    from interp.shift.results import separating_reliance
+
+    gen = torch.Generator().manual_seed(0)
+    n = 16
+
+    def kind(gap):
+        corrupt = torch.randn(2 * n, generator=gen)
+        return {"clean": corrupt + gap + 0.3 * torch.randn(2 * n, generator=gen),
+                "corrupt": corrupt}
+
+    config = ShiftConfig(model="tiny-random-llama", n_pairs=n, n_boot=400)
+    keys = {"base-zs": ["base-zs/0"], "base-icl": ["base-icl/0", "base-icl/1"]}
+    rule = {"counterfactual": kind(2.0), "separating": kind(2.0)}
+    shortcut = [{"counterfactual": kind(2.0), "separating": kind(0.0)} for _ in range(2)]
+    planted = separating_reliance(config, {"base-zs/0": rule, "base-icl/0": shortcut[0],
+                                           "base-icl/1": shortcut[1]}, keys)
+    assert planted["estimate"] == pytest.approx(1.0, abs=0.15) and planted["ci95"][0] > 0.5
+    same = separating_reliance(config, {"base-zs/0": rule, "base-icl/0": rule,
+                                        "base-icl/1": rule}, keys)
+    assert same["estimate"] == pytest.approx(0.0, abs=1e-9)
+    assert same["ci95"][0] <= 0 <= same["ci95"][1]
+    flat = {"counterfactual": kind(0.0), "separating": kind(0.0)}
+    undefined = separating_reliance(config, {"base-zs/0": flat, "base-icl/0": rule,
+                                             "base-icl/1": rule}, keys)
+    assert undefined["estimate"] is None and "base-zs" in undefined["reason"]
+
+
+def test_accuracy_claims_need_a_condition_off_the_floor_and_ceiling():
+    from interp.claims import floor_ceiling, gated
+
+    def results(icl, ft):
+        return {"conditions": {"base-icl": {"accuracy": {"pattern": {"ci95": icl}}},
+                               "ft-zs": {"accuracy": {"pattern": {"ci95": ft}}}}}
+
+    assert floor_ceiling(results([0.3, 0.6], [0.9, 1.0]), "boolean", "pattern") is not None
+    assert floor_ceiling(results([0.3, 0.6], [0.8, 0.97]), "boolean", "pattern") is None
+    contrast = {"estimate": -0.2, "ci95": [-0.3, -0.1]}
+    held = gated(contrast, results([0.4, 0.6], [1.0, 1.0]), "boolean", ("pattern",))
+    assert held["estimate"] is None and "ceiling" in held["reason"]
+    assert held["ungated"]["estimate"] == -0.2

@@ -34,7 +34,8 @@ SHAMS: dict[str, Shams] = {spec.name: spec.shams for spec in TABLE if spec.shams
 #: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
 #: numbers; parity's even/odd has no partner, so it borrows boolean's)
 OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
-GAP_GATE = 0.0                 # a condition's clean-corrupt gap interval must lie above this
+GAP_GATE = 0.1                 # a condition's clean-corrupt gap interval must lie above this
+#                                (logits: a 0.01-logit gap is no behaviour to explain)
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
 EQUIVALENCE_MARGIN = 0.05
 DOSE_FRACTIONS = (0.25, 0.5, 1.0)

@@ -207,8 +207,9 @@ class Comparison:
 
 def gate(gap: dict, rel: dict, reliability_gate: float = RELIABILITY_GATE
          ) -> tuple[bool, str | None]:
-    """Whether a condition has a measurable circuit: its gap interval above 0 and its map's
-    reliability (point estimate) at least 0.7; else the reason."""
+    """Whether a condition has a measurable circuit: its gap interval above 0.1 logits (a gap
+    barely above 0 is no behaviour to explain) and its map's reliability (point estimate) at
+    least 0.7; else the reason."""
     if gap["ci95"] is None or gap["ci95"][0] <= GAP_GATE:
         return False, (f"clean-corrupt gap interval {_fmt(gap['ci95'])} does not lie above "
                        f"{GAP_GATE:g}: no behaviour to explain")

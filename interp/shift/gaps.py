@@ -1,9 +1,12 @@
 """Is there a behaviour to explain? The clean-corrupt gap of a task on a model: how much more
 the model prefers the clean answer over the corrupt one on clean prompts than on corrupt ones
 (logit units, mean over counterfactual pairs, bootstrap interval), zero-shot and with k
-demonstrations. A circuit can only be compared where this interval lies above 0."""
+demonstrations. A circuit can only be compared where this interval lies above the gap gate
+(0.1 logits)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 
@@ -15,6 +18,9 @@ from interp.shift.config import ShiftConfig
 from interp.shift.contrasts import condition_summary
 from interp.shift.measure import ConditionRunner, flatten, pair_scores
 from interp.stats import mean_ci
+
+#: the preflight's seed is the run's plus this (the run uses seed .. seed + seeds - 1)
+PREFLIGHT_SEED_OFFSET = 10_000
 
 
 @torch.no_grad()
@@ -51,7 +57,9 @@ def preflight(config: ShiftConfig) -> dict:
     """Gaps and reliabilities of base-zs and base-icl on n pairs (one demonstration set), and
     whether the cell can be run: base-icl must pass its gates (without an ICL behaviour there
     is nothing to explain; a base-zs that fails only undefines the shifts from it). Cheap: no
-    fine-tuning."""
+    fine-tuning. Measured on a seed disjoint from the run's (its pairs and demonstrations are
+    not the ones the run analyses): selection and analysis never share data."""
+    config = replace(config, seed=config.seed + PREFLIGHT_SEED_OFFSET)
     model = load_model(config.model, device=config.device, dtype=config.dtype)
     conds = {c.name: c for c in build_conditions(config, model.tokenizer) if c.seed == 0}
     pairs = build_pairs(config, model.tokenizer, config.n_pairs)
@@ -62,4 +70,5 @@ def preflight(config: ShiftConfig) -> dict:
         out[name] = condition_summary(flatten(s), s["clean"] - s["corrupt"], config.n_boot,
                                       config.seed)
     out["runnable"] = out["base-icl"]["passes"]
+    out["seed"] = config.seed
     return out

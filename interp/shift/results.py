@@ -13,14 +13,14 @@ from interp.files import write_csv, write_json
 from interp.models import LoadedModel
 from interp.report.shift import write_report
 from interp.shift.conditions import Condition, PairSet, prompt_tokens
-from interp.shift.config import CONDITIONS, ShiftConfig
+from interp.shift.config import CONDITIONS, GAP_GATE, ShiftConfig
 from interp.shift.contrasts import compare_scores, condition_summary, interval
 from interp.shift.dose import dose_points
 from interp.shift.estimator import mean_stat
 from interp.shift.measure import flatten
 from interp.shift.reanalyse import blocked_by_length, comparison_inputs, merge
 from interp.shift.schema import ConditionKey, ShiftResult
-from interp.stats import bootstrap_ci, mcnemar, resample_weights, wilson
+from interp.stats import bootstrap_ci, mcnemar, percentile_ci, resample_weights, wilson
 
 
 def _accuracy(keys: Sequence[str], acc: dict, n_boot: int, seed: int) -> dict:
@@ -62,6 +62,36 @@ def _separating(config: ShiftConfig, scores: dict, keys_of: dict, boot_seed: int
     return out
 
 
+def separating_reliance(config: ShiftConfig, scores: dict, keys_of: dict) -> dict:
+    """How much more base-icl relies on the shortcut than base-zs: on the strategy-separating
+    pairs (the rule's answer changes, the shortcut's does not) each condition's clean-corrupt
+    gap as a share of its gap on the counterfactual pairs (where rule and shortcut agree), and
+    base-zs's share minus base-icl's (positive: ICL's gap moves less, so ICL follows the
+    shortcut more). Pairs of both kinds resampled; base-icl's per-pair gaps averaged over its
+    demonstration seeds (conditional on them). Undefined when a counterfactual gap interval does
+    not lie above the gap gate."""
+    kinds = ("counterfactual", "separating")
+    gaps = {name: {kind: torch.stack([scores[k][kind]["clean"] - scores[k][kind]["corrupt"]
+                                      for k in keys_of[name]]).mean(0).double()
+                   for kind in kinds}
+            for name in ("base-zs", "base-icl")}
+    w = {kind: resample_weights(len(gaps["base-zs"][kind]), config.n_boot,
+                                config.seed + 13 + i) for i, kind in enumerate(kinds)}
+    shares, boots = {}, {}
+    for name, gap in gaps.items():
+        cf_boot = w["counterfactual"] @ gap["counterfactual"]
+        if float(percentile_ci(cf_boot)[0]) <= GAP_GATE:
+            return {"estimate": None, "ci95": None, "se": None,
+                    "reason": f"{name}'s counterfactual gap does not lie above {GAP_GATE:g}"}
+        shares[name] = float(gap["separating"].mean() / gap["counterfactual"].mean())
+        boots[name] = (w["separating"] @ gap["separating"]) / cf_boot
+    diff = boots["base-zs"] - boots["base-icl"]
+    low, high = percentile_ci(diff)
+    return {"estimate": shares["base-zs"] - shares["base-icl"], "ci95": [float(low), float(high)],
+            "se": float(diff.std()), "share_base_zs": shares["base-zs"],
+            "share_base_icl": shares["base-icl"], "reason": None}
+
+
 def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps: dict,
              acc: dict, dose_acc: dict, scores: dict, dose_scores: dict,
              pair_sets: dict[str, PairSet], ft_info: dict, model: LoadedModel) -> dict:
@@ -93,6 +123,7 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
         "per_layer_shift": {"icl": layer_shift(maps["base-icl"], maps["base-zs"]).tolist(),
                             "ft": layer_shift(maps["ft-zs"], maps["base-zs"]).tolist()},
         "separating": _separating(config, scores, keys_of, config.seed + 7),
+        "separating_reliance": separating_reliance(config, scores, keys_of),
         "paired": _paired(acc, keys_of),
         "per_query": acc,
         "dose_response": dose, "ft_runs": ft_info,
