@@ -39,6 +39,9 @@ class StudyConfig:
     #: the cells' settings (:func:`study_template`); each cell replaces model, task, out, knobs
     shift: ShiftConfig = field(default_factory=study_template)
     preflight: bool = False
+    #: the primary contrast's minimum detectable difference to plan each cell's pairs for (from
+    #: the preflight's variance estimate; implies ``preflight``)
+    target_mdd: float | None = None
     out: str = "runs/study"
     #: task -> knobs (default: each family's documented measurable setting)
     knobs: dict = field(default_factory=dict)
@@ -46,6 +49,8 @@ class StudyConfig:
     def __post_init__(self):
         if not self.models or not self.tasks:
             raise ConfigError("a study needs at least one model and one task")
+        if self.target_mdd is not None and not self.target_mdd > 0:
+            raise ConfigError(f"target_mdd must be > 0, got {self.target_mdd}")
         for task in self.tasks:
             get_task(task)
         if len(set(self.tasks)) != len(self.tasks) or len(set(self.models)) != len(self.models):
@@ -90,9 +95,12 @@ def _run_cells(config: StudyConfig) -> dict:
             cell = {"model": model, "task": task, "dir": str(cell_dir(".", model, task))}
             began = now()
             check = None
-            if config.preflight:
-                check = preflight(shift_config)
+            if config.preflight or config.target_mdd is not None:
+                check = preflight(shift_config, config.target_mdd)
                 cell["preflight"] = check
+                if "plan" in check:
+                    shift_config = replace(shift_config, n_pairs=check["plan"]["n_pairs"])
+                    _say_plan(model, task, check["plan"], shift_config.progress)
             if check is not None and not check["runnable"]:
                 why = f"base-icl: {check['base-icl']['reason']}"
                 rows += skipped_rows(shift_config, model, task, f"skipped by preflight: {why}")
@@ -111,6 +119,13 @@ def _run_cells(config: StudyConfig) -> dict:
             cells.append(cell)
             _write(out, config, rows, cells, started)   # a study interrupted keeps its cells
     return {"claims": rows, "cells": cells}
+
+
+def _say_plan(model: str, task: str, plan: dict, show: bool) -> None:
+    if show and "estimated_hours" in plan:
+        print(f"{model} / {task}: {plan['n_pairs']} pairs for an MDD of {plan['target_mdd']:g} "
+              f"(preflight: {plan['mdd_at_preflight']:.3f} at {plan['preflight_pairs']}); "
+              f"estimated at least {plan['estimated_hours']:.1f} h", flush=True)
 
 
 def _write(out: Path, config: StudyConfig, rows: list[dict], cells: list[dict], started: str):

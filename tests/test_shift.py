@@ -240,6 +240,14 @@ def test_quick_run_writes_every_key_consistently(quick_run):
     assert all("@" in k for k in runs if k.startswith("ft-zs/0@"))
     assert runs["ft-zs/0"]["activation_effect"] > 0 and runs["ft-random-delta/0"][
         "activation_effect"] > 0
+    # every condition's map checked against exact activation patching, named if below the bar
+    check = saved["approximation"]
+    assert set(CONDITIONS) <= set(check) and check["bar"] == 0.8
+    for name in CONDITIONS:
+        assert check[name]["n_pairs"] >= 1 and check[name]["passes"] == (
+            check[name]["pearson"] is not None and check[name]["pearson"] >= 0.8)
+        assert (f"{name} (r" in saved["verdict"]) == (not check[name]["passes"])
+    assert "id='approximation'" in (out / "report.html").read_text()
     # causal tests on all n pairs of set B, random sets outside the chosen one
     causal = saved["causal"]
     assert causal["n_test_pairs"] == config.resolved().n_pairs and causal["ranking"]

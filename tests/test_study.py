@@ -117,7 +117,7 @@ def test_holm_minimal_effect_pvalues_and_pooling():
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     assert main(["--quiet", "study", "--models", "tiny-random-llama", "--tasks",
-                 "boolean,parity", "--quick", "--out", str(out)]) == 0
+                 "boolean,parity", "--quick", "--target-mdd", "5", "--out", str(out)]) == 0
     return out
 
 
@@ -137,6 +137,11 @@ def test_quick_study_writes_every_claim_per_task(study):
                 row["verdict"] == "inconclusive" and "Holm" in row["reason"])
     assert (study / "study.html").is_file() and (study / "provenance.json").is_file()
     record = json.loads((study / "study.json").read_text())
+    for cell in record["cells"]:      # pairs planned from the preflight's variance
+        plan = cell["preflight"]["plan"]
+        assert plan["n_pairs"] >= 4 and (cell["status"] != "done" or
+                                          set(claims[claims.task == cell["task"]].n_pairs)
+                                          == {plan["n_pairs"]})
     assert "claims_commit" in record and any(
         d["name"] == "icl_relies_on_shortcut" for d in record["claim_definitions"])
 
@@ -198,3 +203,19 @@ def test_accuracy_claims_need_a_condition_off_the_floor_and_ceiling():
     held = gated(contrast, results([0.4, 0.6], [1.0, 1.0]), "boolean", ("pattern",))
     assert held["estimate"] is None and "ceiling" in held["reason"]
     assert held["ungated"]["estimate"] == -0.2
+
+
+def test_pairs_planned_for_a_target_mdd(tiny):
+    from interp.shift.config import ShiftConfig
+    from interp.shift.gaps import plan_pairs
+    from interp.shift.verdict import MDD_FACTOR
+
+    config = ShiftConfig(model="tiny-random-llama", n_pairs=16)
+    se = 0.05            # the primary contrast's standard error is taken as twice this
+    target = MDD_FACTOR * 2 * se / 4           # a quarter of the preflight's MDD: 16x the pairs
+    plan = plan_pairs(tiny, config, se, target, 12, 40)
+    assert plan["n_pairs"] == 256 and plan["mdd_planned"] == pytest.approx(target)
+    assert plan["estimated_hours"] > plan_pairs(tiny, config, se, 4 * target, 12, 40)[
+        "estimated_hours"] > 0
+    huge = plan_pairs(tiny, config, se, target / 100, 12, 40)
+    assert huge["capped"] and huge["n_pairs"] == 4096

@@ -3,7 +3,7 @@ summarised as a table of pre-registered claims."""
 
 from __future__ import annotations
 
-from interp.options import add_device, add_settings, comma_list, settings_from
+from interp.options import add_device, add_settings, comma_list, positive, settings_from
 
 #: the shift settings a study does not take from its options: each cell sets task and out, and
 #: causal tests are always on (probes: the study's own ``--probes``, off by default)
@@ -24,6 +24,10 @@ def add_parser(sub):
     p.add_argument("--preflight", action="store_true",
                    help="measure base-zs and base-icl gaps and reliabilities first and skip cells "
                         "that cannot pass the gates")
+    p.add_argument("--target-mdd", type=positive(float), default=None, metavar="X",
+                   help="choose each cell's pairs from the preflight's variance so that the "
+                        "primary contrast's minimum detectable difference reaches X (implies "
+                        "--preflight; the estimated time is said)")
     p.add_argument("--probes", action="store_true", help="also the shift report's probes")
     p.add_argument("--out", default="runs/study", help="output directory (resumable)")
     return p
@@ -43,7 +47,7 @@ def run(args) -> int:
                     probes=args.probes, device=args.device, dtype=args.dtype,
                     progress=not args.quiet)
     config = StudyConfig(models=args.models, tasks=tasks, shift=shift, preflight=args.preflight,
-                         out=args.out)
+                         target_mdd=args.target_mdd, out=args.out)
     check_device(args.device)
     check_writable(args.out)
     result = run_study(config)

@@ -174,6 +174,20 @@ def _separating_table(results: dict) -> str:
                                     "separating"))
 
 
+def _approximation_table(results: dict) -> str:
+    check = results.get("approximation")
+    if not check:
+        return ""
+    rows = [[esc(c), num(v["pearson"]), num(v["slope"]), "pass" if v["passes"] else "below"]
+            for c, v in check.items() if isinstance(v, dict)]
+    return ("<h2>Attribution against activation patching</h2><p class='note'>Every head's "
+            f"attribution score against the exact effect of patching it, on "
+            f"{len(check['pairs'])} pairs per condition; a condition below r = {check['bar']:g} "
+            "may show the approximation's error as a shift.</p>"
+            + table(["condition", "Pearson", "slope (exact on attribution)",
+                     f">= {check['bar']:g}"], rows, "approximation"))
+
+
 def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap],
                  explorer: dict | None = None) -> Path:
     views = (results.get("probes") or {}).get("attention_views") or {}
@@ -194,7 +208,7 @@ def write_report(out: Path, results: dict, config, maps: dict[str, ScoreMap],
         "<h2>Effects against shams</h2>", _effects_table(results),
         "<h2>How to read a verdict</h2><ul>" + "".join(
             f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in reading()) + "</ul>",
-        _separating_table(results),
+        _separating_table(results), _approximation_table(results),
         _icl_heads_panel((results.get("probes") or {}).get("icl_heads"))]
     scripts = []
     if explorer:

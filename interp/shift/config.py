@@ -33,6 +33,9 @@ SHAMS: dict[str, Shams] = {spec.name: spec.shams for spec in TABLE if spec.shams
 #: each family's other-task partner (declared on the family: ``TaskFamily.other_task``; same
 #: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
 #: numbers; parity's even/odd has no partner, so it borrows boolean's)
+#: the version of how conditions are built (demonstrations, shams, updates, tasks): stages
+#: computed under another are stale (recomputed with ``--force``, else refused)
+DESIGN = 2
 OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 GAP_GATE = 0.1                 # a condition's clean-corrupt gap interval must lie above this
 #                                (logits: a 0.01-logit gap is no behaviour to explain)
@@ -164,7 +167,7 @@ class ShiftConfig:
 
     def _base(self) -> dict:
         return {"model": self.model, "task": self.task, "seed": self.seed, "knobs": self.knobs,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "design": DESIGN}
 
     def ft_settings(self, condition: str, ft_seed: int) -> dict:
         return {**self._base(), "condition": condition, "ft_seed": ft_seed,
@@ -186,6 +189,9 @@ class ShiftConfig:
 
     def probes_settings(self) -> dict:
         return {**self.scores_settings(), "ks": list(self.ks), "n_eval": self.n_eval}
+
+    def approximation_settings(self) -> dict:
+        return {**self.scores_settings(), "check": "heads, 4 pairs, activation patching"}
 
     def causal_settings(self) -> dict:
         return {**self.scores_settings(), "ks": list(self.ks),

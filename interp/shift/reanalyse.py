@@ -10,6 +10,7 @@ import torch
 
 from interp.errors import ConfigError
 from interp.files import load_tensors, read_json
+from interp.shift.agreement import agreement_note
 from interp.shift.config import CONDITIONS
 from interp.shift.contrasts import compare_scores
 from interp.shift.measure import flatten
@@ -46,6 +47,7 @@ def merge(results: dict, comparison: dict) -> dict:
             {k: summary[k] for k in SUMMARY_KEYS})
     results.update({k: comparison[k] for k in COMPARISON_KEYS})
     results["gates"] = {**comparison["gates"], "length_tolerance": LENGTH_TOLERANCE}
+    results["verdict"] += agreement_note(results.get("approximation"))
     return results
 
 
