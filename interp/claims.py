@@ -187,7 +187,7 @@ def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: in
     steps = max((p["step"] for p in results["dose_response"].get("ft", [])), default=None)
     common = {"task": task, "model": model, "shots": cfg["shots"], "n_train": cfg["n_train"],
               "steps": steps, "n_pairs": cfg["n_pairs"], "demo_seeds": cfg["demo_seeds"],
-              "ft_seeds": cfg["ft_seeds"]}
+              "ft_seeds": cfg["ft_seeds"], "cell_mdd": mdd(results["effects"]["icl_minus_ft"])}
     out = []
 
     def add(name, est: dict, moot=False, rule_verdict=None):
@@ -207,7 +207,7 @@ def claim_rows(results: dict, model: str, task: str, n_boot: int = 500, seed: in
                     "reason": None if defined and not moot else (est.get("reason")
                                                                   or "undefined"),
                     **{k: common[k] for k in ("shots", "n_train", "steps", "n_pairs",
-                                              "demo_seeds", "ft_seeds")}})
+                                              "demo_seeds", "ft_seeds", "cell_mdd")}})
 
     add("icl_beats_ft", gated(accuracy_contrast(results, n_boot, seed), results, task,
                               ("pattern",)))

@@ -27,7 +27,7 @@ from interp.tasks import get_task
 
 CLAIM_COLUMNS = ["claim", "task", "model", "prediction", "margin", "estimate", "ci_low",
                  "ci_high", "se", "mdd", "verdict", "p_holm", "reason", "shots", "n_train",
-                 "steps", "n_pairs", "demo_seeds", "ft_seeds"]
+                 "steps", "n_pairs", "demo_seeds", "ft_seeds", "cell_mdd"]
 ALPHA = 0.05
 
 
@@ -91,34 +91,44 @@ def _run_cells(config: StudyConfig) -> dict:
     rows, cells = [], []
     for model in config.models:
         for task in config.tasks:
-            shift_config = config.shift_config(model, task)
-            cell = {"model": model, "task": task, "dir": str(cell_dir(".", model, task))}
-            began = now()
-            check = None
-            if config.preflight or config.target_mdd is not None:
-                check = preflight(shift_config, config.target_mdd)
-                cell["preflight"] = check
-                if "plan" in check:
-                    shift_config = replace(shift_config, n_pairs=check["plan"]["n_pairs"])
-                    _say_plan(model, task, check["plan"], shift_config.progress)
-            if check is not None and not check["runnable"]:
-                why = f"base-icl: {check['base-icl']['reason']}"
-                rows += skipped_rows(shift_config, model, task, f"skipped by preflight: {why}")
-                cell["status"] = "skipped"
-            else:
-                try:
-                    results = run_shift(shift_config)
-                except InterpError as exc:   # one cell's impossibility is not the study's
-                    rows += skipped_rows(shift_config, model, task, f"not run: {exc}")
-                    cell["status"] = f"failed: {exc}"
-                else:
-                    rows += claim_rows(results, model, task, shift_config.n_boot)
-                    cell.update(status="done", verdict_code=results["verdict_code"],
-                                seconds=results["timings"].get("total"))
-            cell["started"], cell["ended"] = began, now()
+            cell_rows, cell = _run_cell(config, model, task)
+            rows += cell_rows
             cells.append(cell)
             _write(out, config, rows, cells, started)   # a study interrupted keeps its cells
     return {"claims": rows, "cells": cells}
+
+
+def _run_cell(config: StudyConfig, model: str, task: str) -> tuple[list[dict], dict]:
+    """One cell's claim rows (skipped ones included) and its record in ``study.json``."""
+    shift_config = config.shift_config(model, task)
+    cell = {"model": model, "task": task, "dir": str(cell_dir(".", model, task))}
+    began = now()
+    check = None
+    if config.preflight or config.target_mdd is not None:
+        check = preflight(shift_config, config.target_mdd)
+        cell["preflight"] = check
+        if "plan" in check:
+            shift_config = replace(shift_config, n_pairs=check["plan"]["n_pairs"])
+            _say_plan(model, task, check["plan"], shift_config.progress)
+    if check is not None and not check["runnable"]:
+        why = f"base-icl: {check['base-icl']['reason']}"
+        rows = skipped_rows(shift_config, model, task, f"skipped by preflight: {why}")
+        cell["status"] = "skipped"
+    else:
+        try:
+            results = run_shift(shift_config)
+        except InterpError as exc:   # one cell's impossibility is not the study's
+            rows = skipped_rows(shift_config, model, task, f"not run: {exc}")
+            cell["status"] = f"failed: {exc}"
+        else:
+            rows = claim_rows(results, model, task, shift_config.n_boot)
+            cell.update(status="done", verdict_code=results["verdict_code"],
+                        seconds=results["timings"].get("total"))
+    planned = (check or {}).get("plan", {}).get("mdd_planned")   # where the cell has none
+    rows = [{**r, "cell_mdd": planned if r.get("cell_mdd") is None else r["cell_mdd"]}
+            for r in rows]
+    cell["started"], cell["ended"] = began, now()
+    return rows, cell
 
 
 def _say_plan(model: str, task: str, plan: dict, show: bool) -> None:

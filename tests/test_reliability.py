@@ -196,3 +196,21 @@ def test_finetune_rerun_is_a_no_op_and_other_settings_are_refused(tmp_path):
                 "--batch-size", "4", "--n-eval", "2", "--out", str(out))
     assert other.returncode == 2 and "other settings" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1
+
+
+def test_a_stage_computed_on_other_demonstrations_is_stale(tmp_path):
+    from interp.errors import StaleResultsError
+    from interp.shift.stages import Stages
+
+    calls = []
+    first = Stages(tmp_path, inputs={"demos": "aaaa"}).json(
+        "accuracy", {"n_eval": 4}, lambda: calls.append(1) or {"v": 1})
+    again = Stages(tmp_path, inputs={"demos": "aaaa"}).json(
+        "accuracy", {"n_eval": 4}, lambda: calls.append(2) or {"v": 2})
+    assert first == again == {"v": 1} and calls == [1]          # same inputs: reused
+    with pytest.raises(StaleResultsError):                      # other demonstrations: refused
+        Stages(tmp_path, inputs={"demos": "bbbb"}).json("accuracy", {"n_eval": 4},
+                                                        lambda: {"v": 3})
+    forced = Stages(tmp_path, force=True, inputs={"demos": "bbbb"}).json(
+        "accuracy", {"n_eval": 4}, lambda: {"v": 3})
+    assert forced == {"v": 3}

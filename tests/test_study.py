@@ -125,7 +125,7 @@ def test_quick_study_writes_every_claim_per_task(study):
     claims = pd.read_csv(study / "claims.csv")
     assert list(claims.columns) == CLAIM_COLUMNS
     assert len(claims) == 2 * len(CLAIMS) and set(claims.task) == {"boolean", "parity"}
-    assert (claims.claim == "icl_relies_on_shortcut").sum() == 2 and claims.mdd.notna().any()
+    assert (claims.claim == "icl_relies_on_shortcut").sum() == 2 and claims.cell_mdd.notna().all()
     for _, row in claims.iterrows():
         claim = BY_NAME[row["claim"]]
         if pd.isna(row["estimate"]):

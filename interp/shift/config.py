@@ -188,7 +188,8 @@ class ShiftConfig:
                 "n_eval": self.n_eval}
 
     def probes_settings(self) -> dict:
-        return {**self.scores_settings(), "ks": list(self.ks), "n_eval": self.n_eval}
+        return {**self.scores_settings(), "ks": list(self.ks), "n_eval": self.n_eval,
+                "faithfulness": "selected on set A, evaluated on set B"}
 
     def approximation_settings(self) -> dict:
         return {**self.scores_settings(), "check": "heads, 4 pairs, activation patching"}

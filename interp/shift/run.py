@@ -18,10 +18,13 @@ The base model is loaded once and bridged once; fine-tuned conditions are weight
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import torch
 
+from interp.circuits import ScoreMap
 from interp.errors import ConfigError
 from interp.files import check_writable, now
 from interp.locks import release_outputs
@@ -71,6 +74,12 @@ def run_shift(config: ShiftConfig, model: LoadedModel | None = None) -> ShiftRes
         release_outputs(config.out)
 
 
+def demo_digest(conditions) -> str:
+    """A digest of every condition's demonstrations (ids and answers, in prompt order)."""
+    text = json.dumps([[c.key, [(d.id, d.target) for d in c.demos]] for c in conditions])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _pair_sets(config: ShiftConfig, base: LoadedModel, n_counterfactual: int,
                n_separating: int) -> dict:
     return {"counterfactual": build_pairs(config, base.tokenizer, n_counterfactual),
@@ -80,13 +89,13 @@ def _pair_sets(config: ShiftConfig, base: LoadedModel, n_counterfactual: int,
 def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
     out = check_writable(config.out)
     started, began = now(), time.perf_counter()
-    stages = Stages(out, config.force)
     t = time.perf_counter()
     base = model or load_model(config.model, device=config.device, dtype=config.dtype)
     if base.has_bridge:
         raise ConfigError("run_shift needs the base model before its TransformerBridge is built")
-    stages.time("load_model", t)
     conditions = build_conditions(config, base.tokenizer)
+    stages = Stages(out, config.force, {"demos": demo_digest(conditions)})
+    stages.time("load_model", t)
     steps = dose_steps(config)
     doses = dose_conditions(config, steps)
     check_run_size(base, config, [*conditions, *doses],     # sizes, in seconds, before
@@ -154,7 +163,7 @@ def _optional_stages(stages: Stages, config: ShiftConfig, runner, by_name: dict,
     explorer = None
     if config.probes:
         results["probes"] = stages.json("probes", config.probes_settings(),
-                                        lambda: _probes(runner, config, by_name, maps,
+                                        lambda: _probes(runner, config, by_name, maps, scores,
                                                         pair_sets))
         explorer = stages.json("explorer", config.probes_settings(), lambda: explorer_data(
             runner, by_name, pair_sets["counterfactual"]))
@@ -178,13 +187,21 @@ def _same_as_main(config: ShiftConfig, doses, steps: dict) -> dict[str, str]:
     return out
 
 
-def _probes(runner, config: ShiftConfig, conds: dict[str, Condition], maps, pair_sets) -> dict:
-    pairs = pair_sets["counterfactual"].subset(range(config.n_pairs))
+def _probes(runner, config: ShiftConfig, conds: dict[str, Condition], maps, scores: dict,
+            pair_sets) -> dict:
+    """Faithfulness out of sample: circuits selected on set A's pairs (replicate 0), their
+    recovery measured on set B's; the other probes on set A."""
+    n = config.n_pairs
+    pairs = pair_sets["counterfactual"].subset(range(n))
+    held_out = pair_sets["counterfactual"].subset(range(n, 2 * n))
+    selected = {name: ScoreMap(scores[f"{name}/0"]["counterfactual"]["heads"][..., :n].mean(-1),
+                               scores[f"{name}/0"]["counterfactual"]["mlp"][..., :n].mean(-1))
+                for name in conds}
     sizes = sorted(set(probes.FAITHFULNESS_SIZES) | {max(config.ks)})
     timings = {}
     out = {}
-    for name, fn in (("faithfulness", lambda: probes.faithfulness(runner, conds, maps, pairs,
-                                                                  sizes)),
+    for name, fn in (("faithfulness", lambda: probes.faithfulness(runner, conds, selected,
+                                                                  held_out, sizes)),
                      ("logit_lens", lambda: probes.logit_lens(runner, config, conds)),
                      ("attention_views", lambda: probes.attention_views(runner, conds, maps,
                                                                         pairs)),

@@ -19,13 +19,19 @@ def _record(path: Path) -> dict | None:
 
 
 class Stages:
-    def __init__(self, out: Path, force: bool = False):
+    """The run's resumable stages. ``inputs`` (what the conditions were built from: their
+    demonstrations' ids) joins every stage's settings, so a stage computed on other
+    demonstrations is stale even when the configuration is the same."""
+
+    def __init__(self, out: Path, force: bool = False, inputs: dict | None = None):
         self.out, self.force = Path(out), force
+        self.inputs = dict(inputs or {})
         self.timings: dict[str, float] = {}
         self.reused: list[str] = []
 
     def json(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
         """A JSON stage ``<name>.json`` holding ``{"settings", "data"}``."""
+        settings = {**settings, **self.inputs}
         path = self.out / f"{name}.json"
         record = _record(path)
         if check_settings(path, record and record.get("settings"), settings, self.force) \
@@ -48,6 +54,7 @@ class Stages:
     def tensors(self, name: str, settings: dict, compute: Callable[[], dict]) -> dict:
         """A tensor stage ``<name>.safetensors`` with its settings in ``<name>.json``; the
         settings file is written last, so a crash in between leaves the stage unfinished."""
+        settings = {**settings, **self.inputs}
         path, meta = self.out / f"{name}.safetensors", self.out / f"{name}.json"
         record = _record(meta)
         if check_settings(meta, record and record.get("settings"), settings, self.force):

@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from interp.prompts import choose_demos, relabel
+from interp.prompts import POOL_SIZE, choose_demos, relabel
 from interp.tasks import Example
 
 #: the other-task sham's search target: a prefix within 5 % of base-icl's length in tokens
@@ -58,11 +58,13 @@ def icl_other_task(config, demos: list[Example], seed: int, length: Length) -> D
     (seeded draws from its pool), else the nearest count that does, else the closest length
     found (count and length ratio recorded)."""
     k, target = len(demos), length(config.task, demos)
-    pool = choose_demos(config.other_task, max(64, 3 * k), seed=config.seed + seed)
+    pool = choose_demos(config.other_task, min(max(64, 3 * k), POOL_SIZE),
+                        seed=config.seed + seed)
     rng = random.Random(f"other-task|{config.seed + seed}")
     best, best_ratio = pool[:k], length(config.other_task, pool[:k]) / target
-    for count in sorted(range(1, 3 * k + 1), key=lambda c: (abs(c - k), c)):
-        for _ in range(LENGTH_CANDIDATES // 4):
+    counts = sorted(range(1, min(3 * k, len(pool)) + 1), key=lambda c: (abs(c - k), c))
+    for count in counts[:16]:                 # at most LENGTH_CANDIDATES prefixes measured
+        for _ in range(LENGTH_CANDIDATES // 16):
             pick = rng.sample(pool, count)
             ratio = length(config.other_task, pick) / target
             if abs(ratio - 1) < abs(best_ratio - 1):
