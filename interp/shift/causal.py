@@ -46,7 +46,7 @@ from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
 from interp.shift.config import ShiftConfig
 from interp.shift.measure import ConditionRunner, flatten
-from interp.stats import percentile_ci, resample_weights
+from interp.stats import mean_ci, percentile_ci, resample_weights
 from interp.tasks import Example, get_task
 
 
@@ -166,11 +166,8 @@ def most_shifted(maps: dict[str, torch.Tensor], name: str, k: int) -> list[int]:
 def gain_interval(high: torch.Tensor, low: torch.Tensor, n_boot: int, seed: int) -> dict:
     """The mean of ``high - low`` over prompts with its bootstrap interval; ``established`` when
     the interval lies above 0."""
-    d = (high - low).double()
-    w = resample_weights(len(d), n_boot, seed)
-    lo, hi = percentile_ci(d @ w.T)
-    return {"estimate": float(d.mean()), "ci95": [float(lo), float(hi)],
-            "established": bool(float(lo) > 0)}
+    out = mean_ci(high - low, n_boot=n_boot, seed=seed)
+    return {**out, "established": out["ci95"][0] > 0}
 
 
 def fieller(a: float, b: float, boot_a: torch.Tensor, boot_b: torch.Tensor, z: float = 1.96

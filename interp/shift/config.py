@@ -33,10 +33,10 @@ SHAMS: dict[str, Shams] = {spec.name: spec.shams for spec in TABLE if spec.shams
 #: each family's other-task partner (declared on the family: ``TaskFamily.other_task``; same
 #: answer set where one exists: boolean <-> relation share True/False, expression <-> code share
 #: numbers; parity's even/odd has no partner, so it borrows boolean's)
+OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 #: the version of how conditions are built (demonstrations, shams, updates, tasks): stages
 #: computed under another are stale (recomputed with ``--force``, else refused)
 DESIGN = 2
-OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 GAP_GATE = 0.1                 # a condition's clean-corrupt gap interval must lie above this
 #                                (logits: a 0.01-logit gap is no behaviour to explain)
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
@@ -196,7 +196,7 @@ class ShiftConfig:
 
     def causal_settings(self) -> dict:
         return {**self.scores_settings(), "ks": list(self.ks),
-                "n_random_sets": self.n_random_sets, "design": "set-b-scale-free"}
+                "n_random_sets": self.n_random_sets}
 
 
 def out_path(config: ShiftConfig) -> Path:

@@ -65,7 +65,8 @@ def preflight(config: ShiftConfig, target_mdd: float | None = None) -> dict:
     that minimum detectable difference (:func:`plan_pairs`)."""
     config = replace(config, seed=config.seed + PREFLIGHT_SEED_OFFSET)
     model = load_model(config.model, device=config.device, dtype=config.dtype)
-    conds = {c.name: c for c in build_conditions(config, model.tokenizer) if c.seed == 0}
+    built = build_conditions(config, model.tokenizer)
+    conds = {c.name: c for c in built if c.seed == 0}
     pairs = build_pairs(config, model.tokenizer, config.n_pairs)
     runner = ConditionRunner(model, {}, config.task)
     out, maps = {}, {}
@@ -78,19 +79,18 @@ def preflight(config: ShiftConfig, target_mdd: float | None = None) -> dict:
     out["seed"] = config.seed
     out["shift_se"] = shift_se(maps["base-zs"], maps["base-icl"], config.n_boot, config.seed)
     if target_mdd is not None:
-        out["plan"] = plan_pairs(model, config, out["shift_se"], target_mdd,
-                                 len(build_conditions(config, model.tokenizer)),
+        out["plan"] = plan_pairs(model, config, out["shift_se"], target_mdd, len(built),
                                  len(runner.prefix(conds["base-icl"])) + len(pairs.clean[0]))
     return out
 
 
 def shift_se(zs: torch.Tensor, icl: torch.Tensor, n_boot: int, seed: int) -> float | None:
     """The bootstrap standard error (pairs resampled) of base-icl's distance from base-zs."""
-    w = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     n = zs.shape[1]
     boots = []
     for _ in range(min(n_boot, 200)):
-        idx = torch.randint(0, n, (n,), generator=w)
+        idx = torch.randint(0, n, (n,), generator=gen)
         boots.append(map_distance(zs[:, idx], icl[:, idx])[0])
     boots = torch.tensor([b for b in boots if b == b], dtype=torch.float64)
     return float(boots.std()) if len(boots) > 1 else None

@@ -41,13 +41,14 @@ def comparison_inputs(scores: dict, keys_of: dict[str, list[str]]) -> tuple[dict
 
 
 def merge(results: dict, comparison: dict) -> dict:
-    """``results`` with the comparison's keys and each condition's summary put in."""
+    """``results`` with the comparison's keys and each condition's summary put in; the verdict
+    sentence names the conditions whose maps approximate activation patching poorly."""
     for name, summary in comparison["summary"].items():
         results["conditions"].setdefault(name, {}).update(
             {k: summary[k] for k in SUMMARY_KEYS})
     results.update({k: comparison[k] for k in COMPARISON_KEYS})
     results["gates"] = {**comparison["gates"], "length_tolerance": LENGTH_TOLERANCE}
-    results["verdict"] += agreement_note(results.get("approximation"))
+    results["verdict"] += agreement_note(results.get("approximation"))   # named conditions
     return results
 
 

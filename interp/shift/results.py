@@ -20,7 +20,14 @@ from interp.shift.estimator import mean_stat
 from interp.shift.measure import flatten
 from interp.shift.reanalyse import blocked_by_length, comparison_inputs, merge
 from interp.shift.schema import ConditionKey, ShiftResult
-from interp.stats import bootstrap_ci, mcnemar, percentile_ci, resample_weights, wilson
+from interp.stats import (
+    bootstrap_ci,
+    bootstrap_means,
+    mcnemar,
+    percentile_ci,
+    resample_weights,
+    wilson,
+)
 
 
 def _accuracy(keys: Sequence[str], acc: dict, n_boot: int, seed: int) -> dict:
@@ -75,16 +82,15 @@ def separating_reliance(config: ShiftConfig, scores: dict, keys_of: dict) -> dic
                                       for k in keys_of[name]]).mean(0).double()
                    for kind in kinds}
             for name in ("base-zs", "base-icl")}
-    w = {kind: resample_weights(len(gaps["base-zs"][kind]), config.n_boot,
-                                config.seed + 13 + i) for i, kind in enumerate(kinds)}
     shares, boots = {}, {}
-    for name, gap in gaps.items():
-        cf_boot = w["counterfactual"] @ gap["counterfactual"]
+    for name, gap in gaps.items():     # the same resamples for both conditions (paired)
+        cf_boot, sep_boot = (bootstrap_means(gap[kind], config.n_boot, config.seed + 13 + i)
+                             for i, kind in enumerate(kinds))
         if float(percentile_ci(cf_boot)[0]) <= GAP_GATE:
             return {"estimate": None, "ci95": None, "se": None,
                     "reason": f"{name}'s counterfactual gap does not lie above {GAP_GATE:g}"}
         shares[name] = float(gap["separating"].mean() / gap["counterfactual"].mean())
-        boots[name] = (w["separating"] @ gap["separating"]) / cf_boot
+        boots[name] = sep_boot / cf_boot
     diff = boots["base-zs"] - boots["base-icl"]
     low, high = percentile_ci(diff)
     return {"estimate": shares["base-zs"] - shares["base-icl"], "ci95": [float(low), float(high)],
@@ -94,7 +100,8 @@ def separating_reliance(config: ShiftConfig, scores: dict, keys_of: dict) -> dic
 
 def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps: dict,
              acc: dict, dose_acc: dict, scores: dict, dose_scores: dict,
-             pair_sets: dict[str, PairSet], ft_info: dict, model: LoadedModel) -> dict:
+             pair_sets: dict[str, PairSet], ft_info: dict, model: LoadedModel,
+             approximation: dict | None = None) -> dict:
     n = config.n_pairs
     keys_of: dict[str, list[str]] = {}
     for c in conditions:
@@ -124,6 +131,7 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
                             "ft": layer_shift(maps["ft-zs"], maps["base-zs"]).tolist()},
         "separating": _separating(config, scores, keys_of, config.seed + 7),
         "separating_reliance": separating_reliance(config, scores, keys_of),
+        "approximation": approximation,
         "paired": _paired(acc, keys_of),
         "per_query": acc,
         "dose_response": dose, "ft_runs": ft_info,

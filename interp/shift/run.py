@@ -31,7 +31,7 @@ from interp.locks import release_outputs
 from interp.models import LoadedModel, load_model
 from interp.provenance import write_provenance
 from interp.shift import probes
-from interp.shift.agreement import agreement_note, approximation_check
+from interp.shift.agreement import approximation_check
 from interp.shift.causal import causal_tests
 from interp.shift.conditions import (
     Condition,
@@ -121,13 +121,12 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
         "scores", config.scores_settings(),
         lambda: _flat_scores(measure_all(runner, conditions, pair_sets, config.progress))))
     dose_scores = _dose_scores(stages, config, runner, todo, same, scores, pair_sets)
-    results = assemble(config, conditions, doses, steps, acc, dose_acc, scores, dose_scores,
-                       pair_sets, ft_info, base)
     by_name = {c.name: c for c in conditions if c.seed == 0}
-    results["approximation"] = stages.json(
+    approximation = stages.json(
         "approximation", config.approximation_settings(), lambda: approximation_check(
             runner, by_name, scores, pair_sets["counterfactual"]))
-    results["verdict"] += agreement_note(results["approximation"])
+    results = assemble(config, conditions, doses, steps, acc, dose_acc, scores, dose_scores,
+                       pair_sets, ft_info, base, approximation)
     maps = results.pop("_maps")
     explorer = _optional_stages(stages, config, runner, by_name, maps, scores, pair_sets, qs,
                                 results)

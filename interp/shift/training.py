@@ -101,8 +101,9 @@ def _trained_run(config: ShiftConfig, template: LoadedModel, out: Path, conditio
                       force):
         loaded = {k: load_update(run_dir / f"update@{k}") for k in wanted}
         if all(v is not None for v in loaded.values()):
-            if "delta_norms" not in record:
+            if "delta_norms" not in record:       # a record from before norms were kept
                 record["delta_norms"] = {str(k): delta_norms(d) for k, d in loaded.items()}
+                write_json(run_dir / "updates.json", record)
             return loaded, record
     summary = train(template.copy(), examples, train_config(config, s), run_dir,
                     progress=config.progress, snapshots=wanted, save_merged=False, force=force)
@@ -147,11 +148,10 @@ def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: 
                 "steps": max(wanted), "label_agreement": record.get("label_agreement"),
                 "final_loss": record["summary"].get("final_loss"),
                 "delta_norms": record["delta_norms"][str(max(wanted))]}
-            for k in wanted[:-1]:
-                updates[f"{condition}/{s}@{k}"] = loaded[k]
-                info[f"{condition}/{s}@{k}"] = {"steps": k,
-                                                "delta_norms": record["delta_norms"][str(k)]}
-            updates[f"{condition}/{s}@{max(wanted)}"] = loaded[max(wanted)]
+            updates.update({f"{condition}/{s}@{k}": loaded[k] for k in wanted})
+            info.update({f"{condition}/{s}@{k}": {"steps": k,
+                                                  "delta_norms": record["delta_norms"][str(k)]}
+                         for k in wanted[:-1]})          # the final one is keyed without @
         for spec in TABLE:
             if spec.arm == "ft" and not spec.trained:
                 delta = UPDATE_BUILDERS[spec.name](updates, config, s)
