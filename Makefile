@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lock test-latest browser demo test lint bench calibrate clean
+.PHONY: install lock test-latest browser demo test lint bench bench-study calibrate clean
 
 install: $(STAMP)
 
@@ -69,6 +69,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_eval.py
 	$(BIN)/python benchmarks/bench_patching.py
 	$(BIN)/python benchmarks/bench_finetune.py
+
+# one study cell stage by stage (FLOPs, GFLOP/s against the measured matmul peak); ARGS=--quick
+bench-study: $(STAMP)
+	$(BIN)/python benchmarks/bench_study.py $(ARGS)
 
 # the comparison on planted truths: coverage, bias and verdict rates (the README's table)
 calibrate: $(STAMP)

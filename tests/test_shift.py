@@ -271,6 +271,14 @@ def test_quick_run_writes_every_key_consistently(quick_run):
                         saved["effects_secondary"]["icl_minus_ft"], saved["equivalence_margin"])
     assert (saved["verdict_code"], saved["verdict_rule"]) == (code, rule)
     assert len(saved["dose_response"]["icl"]) >= 3 and len(saved["dose_response"]["ft"]) >= 3
+    # every dose beside its sham at the same dose; one seed per method: no trend to test
+    assert all(p["sham_accuracy"] is not None for m in ("icl", "ft")
+               for p in saved["dose_response"][m])
+    assert {f"ft-other-task/0@{p['step']}" for p in saved["dose_response"]["ft"]
+            if p["fraction"] < 1} <= set(runs)
+    trends = saved["dose_response"]["trends"]
+    assert all("too few seeds" in trends[m][v]["reason"] for m in ("icl", "ft")
+               for v in ("shift", "gain"))
     assert saved["conditions"]["ft-zs"]["delta_w_norm"] > 0
     assert saved["conditions"]["ft-random-delta"]["delta_w_norm"] == pytest.approx(
         saved["conditions"]["ft-zs"]["delta_w_norm"], rel=1e-4)

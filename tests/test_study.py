@@ -10,9 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from interp.claims import BY_NAME, CLAIMS, partial_spearman, verdict
+from interp.claims import BY_NAME, CLAIMS, dose_trend_claim, verdict
 from interp.cli import main
 from interp.shift.causal import matched_random_sets, share_test
+from interp.shift.trend import planted_trends, seed_trend
 from interp.study import CLAIM_COLUMNS, claims_summary
 
 ARTIFACTS = Path(os.environ.get("INTERP_ARTIFACTS", "runs/test-artifacts"))
@@ -79,17 +80,53 @@ def test_matched_random_sets_keep_the_deciles():
                for s in crowded)
 
 
-def test_partial_spearman_removes_dose_and_method():
-    points = []
-    for method in ("icl", "ft"):
-        for dose in (1, 2, 4, 8, 16):
-            shift = 0.1 * math.log(dose) + (0.5 if method == "icl" else 0)
-            points.append({"method": method, "dose": dose, "sham_corrected_shift": shift,
-                           "accuracy_gain": 0.2 * math.log(dose) + dose % 3 * 0.01})
-    rho, ci, n = partial_spearman(points, 200, 0)
-    assert n == 10 and abs(rho) < 0.9          # what dose and method explain is gone
-    few = partial_spearman(points[:5], 200, 0)
-    assert few[1] is None and few[2] == 5
+def _trend_rows(values_by_seed):
+    return [{"seed": s, "shots": d, "corrected_shift": v}
+            for s, values in enumerate(values_by_seed) for d, v in zip((1, 2, 4, 8), values)]
+
+
+def test_seed_trend_by_hand():
+    # per seed Kendall tau over (dose, value): 1, 1, 2/3, 1, 0 -> their mean, t interval
+    rows = _trend_rows([(1, 2, 3, 4), (0, 1, 5, 6), (2, 1, 3, 4), (1, 2, 3, 9), (4, 3, 1, 5)])
+    t = seed_trend(rows, "shots", "corrected_shift")
+    taus = torch.tensor([1, 1, 2 / 3, 1, 0], dtype=torch.float64)
+    assert t["per_seed"] == pytest.approx(dict(enumerate(taus.tolist())))
+    assert t["estimate"] == pytest.approx(float(taus.mean()))
+    half = 2.7764451 * float(taus.std()) / math.sqrt(5)
+    assert t["ci95"] == pytest.approx([float(taus.mean()) - half, float(taus.mean()) + half])
+    # undefined points drop out; a seed with fewer than 3 points drops out; < 5 seeds: undefined
+    rows[0]["corrected_shift"] = rows[1]["corrected_shift"] = None
+    few = seed_trend(rows, "shots", "corrected_shift")
+    assert few["estimate"] is None and few["n_seeds"] == 4 and "too few seeds" in few["reason"]
+
+
+def test_trend_rule_on_planted_truths():
+    rows = planted_trends(sims=300, seed=1)
+    t = {(r["doses"], r["seeds"], r["slope"]): r["lower_above_0"] for r in rows
+         if r["rule"] == "t"}
+    assert all(v <= 0.06 for (_, _, slope), v in t.items() if slope == 0)   # false positives
+    assert t[(4, 5, 1.0)] >= 0.85 and t[(4, 8, 1.0)] >= 0.95                  # power
+
+
+def test_dose_trend_claim_rule():
+    def trend(est, lo, hi, reason=None):
+        return {"estimate": est, "ci95": [lo, hi], "se": 0.1, "reason": reason}
+    rising = {"icl": {"gain": trend(0.6, 0.2, 1.0), "shift": trend(0.5, 0.3, 0.7)},
+              "ft": {"gain": trend(0.4, 0.1, 0.7), "shift": trend(0.2, -0.1, 0.5)}}
+    est = dose_trend_claim({"trends": rising})
+    assert est["estimate"] == 0.2 and est["ci95"] == [-0.1, 0.5]      # both must rise
+    assert verdict(BY_NAME["shift_tracks_gain"], est["estimate"], est["ci95"]) == "inconclusive"
+    flat_ft = {**rising, "ft": {**rising["ft"], "gain": trend(0.0, -0.3, 0.3)}}
+    est = dose_trend_claim({"trends": flat_ft})        # FT's dose buys nothing: ICL alone
+    assert est["methods"] == ["icl"] and verdict(BY_NAME["shift_tracks_gain"], est["estimate"],
+                                                 est["ci95"]) == "holds"
+    falling = {**flat_ft, "icl": {**rising["icl"], "shift": trend(-0.6, -0.9, -0.3)}}
+    est = dose_trend_claim({"trends": falling})
+    assert verdict(BY_NAME["shift_tracks_gain"], est["estimate"], est["ci95"]) == "contradicted"
+    few = {**rising, "ft": {**rising["ft"], "shift": trend(None, None, None, "too few seeds")}}
+    assert "too few seeds" in dose_trend_claim({"trends": few})["reason"]
+    nothing = {m: {**v, "gain": trend(0.0, -0.2, 0.2)} for m, v in rising.items()}
+    assert "gain not established" in dose_trend_claim({"trends": nothing})["reason"]
 
 
 def test_holm_minimal_effect_pvalues_and_pooling():
@@ -219,3 +256,42 @@ def test_pairs_planned_for_a_target_mdd(tiny):
         "estimated_hours"] > 0
     huge = plan_pairs(tiny, config, se, target / 100, 12, 40)
     assert huge["capped"] and huge["n_pairs"] == 4096
+
+
+def test_causal_interventions_act_from_the_first_edit(tiny):
+    from interp.analysis.components import COMPONENT_KINDS
+    from interp.engine import forward
+    from interp.shift.causal import Prompts, first_edit, run_sets, tail_means, tail_values
+    from interp.shift.conditions import Condition, build_pairs
+    from interp.shift.config import ShiftConfig
+    from interp.shift.measure import ConditionRunner
+
+    config = ShiftConfig(model="tiny-random-llama", n_pairs=4, quick=True)
+    pairs = build_pairs(config, tiny.tokenizer, 4)
+    prompts = Prompts(config, tiny.tokenizer, pairs, [])
+    for a, b, e in zip(pairs.clean, pairs.corrupt, prompts.edit):
+        assert e == first_edit(a, b) and a[:e] == b[:e] and a[e] != b[e]
+    assert prompts.span > 1                      # some pair is edited before its last token
+    runner, cond = ConditionRunner(tiny, {}, config.task), Condition("base-zs")
+    L, H = tiny.n_layers, tiny.n_heads
+    plain = run_sets(runner, cond, prompts, [((), ())], None)[0]
+    own = tail_values(runner, cond, prompts, prompts.span)
+    everything = ([(l, h) for l in range(L) for h in range(H)], list(range(L)))
+    same = run_sets(runner, cond, prompts, [everything], own)[0]
+    assert torch.allclose(same, plain, atol=1e-4)      # its own values, aligned: no change
+    means = tail_means(own, prompts)
+    ablated = run_sets(runner, cond, prompts, [([(0, 1)], [])], means)[0]
+    name = COMPONENT_KINDS["heads"].hook_name(0)
+    prefix = runner.prefix(cond)
+    for i, ids in enumerate(prompts.ids):               # by hand: every position from the edit
+        start, T = len(prefix) + prompts.edit[i], len(prefix) + len(ids)
+
+        def hook(z, hook=None, start=start, T=T):
+            z = z.clone()
+            z[0, start:, 1] = means[name][0, means[name].shape[1] - (T - start):, 1]
+            return z
+        with torch.no_grad():
+            logits = forward(tiny, torch.tensor([prefix + ids]), hooks=[(name, hook)])
+        assert float(ablated[i]) == pytest.approx(float(prompts.metric([i])(logits)[0]),
+                                                  abs=1e-4)
+    assert not torch.allclose(ablated, plain, atol=1e-4)

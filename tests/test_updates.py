@@ -106,7 +106,7 @@ def test_update_norms_and_random_updates_by_hand():
     assert list(difference(after, {"a": torch.tensor([1.0, 0.0]), "b": after["b"]})) == ["a"]
 
 
-def test_dose_conditions_and_steps():
+def test_dose_conditions_and_steps(tiny):
     from interp.errors import ConfigError
     from interp.shift.conditions import dose_conditions
     from interp.shift.config import ShiftConfig
@@ -116,7 +116,7 @@ def test_dose_conditions_and_steps():
                          ft_seeds=1, dose_shots=(1, 4))
     steps = dose_steps(config)                    # 32 examples / batch 8 = 4 steps
     assert steps == {0.25: 1, 0.5: 2, 1.0: 4}
-    doses = dose_conditions(config, steps)
+    doses = dose_conditions(config, steps, tiny.tokenizer)
     icl = [d for d in doses if d.name.startswith("icl@")]
     assert [(d.name, d.seed) for d in icl] == [(f"icl@{k}", s) for s in (0, 1) for k in (1, 2, 4)]
     for s in (0, 1):                              # nested: each dose extends the smaller one
@@ -124,8 +124,19 @@ def test_dose_conditions_and_steps():
         assert all(small == big[:len(small)] for small, big in zip(seed_demos, seed_demos[1:]))
         assert [len(d) for d in seed_demos] == [1, 2, 4]
     assert icl[0].demos != icl[3].demos           # demonstration seeds differ
-    assert [(d.name, d.update) for d in doses if d.name.startswith("ft@")] == [
-        ("ft@1", "ft-zs/0@1"), ("ft@2", "ft-zs/0@2"), ("ft@4", "ft-zs/0@4")]
+    # each dose beside its sham: other-task demonstrations at that k, their length ratio kept
+    # (a point whose sham is beyond the length tolerance is gated out: test_dose_points_by_hand)
+    from interp.shift.conditions import prefix_length
+    length = prefix_length(tiny.tokenizer)
+    shams = {(d.name, d.seed): d for d in doses if d.name.startswith("icl-sham@")}
+    for d in icl:
+        sham = shams[(d.name.replace("icl@", "icl-sham@"), d.seed)]
+        assert sham.other_task == config.other_task and sham.demos != d.demos
+        assert sham.length_ratio == pytest.approx(
+            length(config.other_task, sham.demos) / length(config.task, d.demos))
+    assert [(d.name, d.update) for d in doses if d.name.startswith("ft")] == [
+        ("ft@1", "ft-zs/0@1"), ("ft-sham@1", "ft-other-task/0@1"), ("ft@2", "ft-zs/0@2"),
+        ("ft-sham@2", "ft-other-task/0@2"), ("ft@4", "ft-zs/0"), ("ft-sham@4", "ft-other-task/0")]
     with pytest.raises(ConfigError, match="distinct"):
         dose_steps(ShiftConfig(model="tiny-random-llama", n_train=8))
 
@@ -139,23 +150,36 @@ def test_dose_points_by_hand():
     gen = torch.Generator().manual_seed(0)
     signal = torch.randn(4, 1, generator=gen) * 3
 
-    def maps(noise):
+    def maps(noise, gap=2.0):
         heads = signal.reshape(2, 2, 1) + noise * torch.randn(2, 2, 12, generator=gen)
-        return {"heads": heads, "mlp": signal[:2] + noise * torch.randn(2, 12, generator=gen)}
+        return {"heads": heads, "mlp": signal[:2] + noise * torch.randn(2, 12, generator=gen),
+                "clean": torch.full((12,), gap) + 0.1 * torch.randn(12, generator=gen),
+                "corrupt": torch.zeros(12)}
     zs = maps(0.01)
-    conds = [Condition("icl@2", 0), Condition("ft@4", 0, update="ft-zs/0@4")]
+    conds = [Condition("icl@2", 0), Condition("icl-sham@2", 0, length_ratio=1.2),
+             Condition("ft@4", 0, update="ft-zs/0"),
+             Condition("ft-sham@4", 0, update="ft-other-task/0")]
     scores = {c.key: {"counterfactual": maps(0.01)} for c in conds}
-    accuracy = {conds[0].key: {"pattern": [1, 1, 1, 0]}, conds[1].key: {"pattern": [1, 0, 0, 0]}}
-    shift = {"base-icl-other-task": {"estimate": 0.25}, "ft-other-task": {"estimate": None}}
-    out = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs, shift,
+    scores["ft-sham@4/0"]["counterfactual"] = maps(0.01, gap=0.05)   # below the gap gate
+    accuracy = {k: {"pattern": v} for k, v in zip(
+        scores, ([1, 1, 1, 0], [1, 0, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]))}
+    out = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs,
                       {"base-zs": (True,)}, {0.5: 2, 1.0: 4})
     (icl,), (ft,) = out["icl"], out["ft"]
     assert icl["shots"] == 2 and ft["step"] == 4 and ft["fraction"] == 1.0
     assert icl["accuracy"] == 0.75 and icl["accuracy_gain"] == 0.5 and ft["accuracy_gain"] == 0
+    assert icl["sham_accuracy"] == 0.5 and icl["corrected_gain"] == 0.25
+    assert ft["corrected_gain"] == 0.25                      # gains need no gate
     assert abs(icl["shift"]) < 0.01 and icl["reliability"] > 0.99   # the same map as base-zs
-    assert icl["sham_corrected_shift"] == pytest.approx(icl["shift"] - 0.25)
-    assert ft["sham_corrected_shift"] is None
-    failed = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs, shift,
+    assert icl["corrected_shift"] == pytest.approx(icl["shift"] - icl["sham_shift"])
+    assert ft["sham_passes"] is False and ft["corrected_shift"] is None   # the gated sham
+    assert "too few seeds" in out["trends"]["icl"]["shift"]["reason"]
+    conds[1].length_ratio = 1.3                              # beyond the length tolerance
+    long = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs,
+                       {"base-zs": (True,)}, {0.5: 2, 1.0: 4})["icl"][0]
+    assert long["sham_passes"] is False and long["corrected_shift"] is None
+    assert long["corrected_gain"] == 0.25
+    failed = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs,
                          {"base-zs": (False,)}, {0.5: 2, 1.0: 4})
     assert failed["icl"][0]["shift"] is None and "base-zs fails" in failed["reason"]
 

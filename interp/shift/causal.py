@@ -4,18 +4,19 @@ Components are chosen on set A (the first n counterfactual pairs): the k whose s
 from base-zs on scale-free maps (each map divided by its norm, so fine-tuning's amplification of
 the same map is no shift). They are tested on all n pairs of set B (never used for selection) and
 on pattern test queries, beside random sets of k components drawn from outside the chosen set and
-matched to its |score| deciles (in the condition they are tested in). Interventions act on the
-final token (where the answer is read), so every set costs one token per prompt behind the
-prompt's KV cache; the maps sum attribution over the positions from the first edited token, so
-a component whose effect sits earlier is under-tested (stated in ``causal.json``). The tests use
-replicate seed 0 of every condition.
+matched to its |score| deciles (in the condition they are tested in). On a pair's prompt the
+interventions act at every position from the first edited token to the end, the positions the
+maps sum their attribution over (so a chosen component is tested where it was scored; the
+positions before are shared through the KV cache); on a test query, which has no edit, at the
+final token (where the answer is read). Positions are counted from the end of the prompt, so
+conditions with different prefixes line up. The tests use replicate seed 0 of every condition.
 
-- **Necessity**: mean-ablate the set (the condition's mean final-token activation over set A's
-  prompts, disjoint from the test prompts) in base-icl; the share of ICL's gain over base-zs
-  it removes (logit difference on pairs; accuracy on queries). Mirror: the FT set ablated in
-  ft-zs, share of FT's gain removed.
-- **Sufficiency**: patch the set's final-token outputs from base-icl into base-zs (same query,
-  no demonstrations), and from ft-zs into the base model (cross-model); share of the gain
+- **Necessity**: mean-ablate the set (the condition's mean activation at each position from
+  the end over set A's prompts, disjoint from the test prompts) in base-icl; the share of ICL's
+  gain over base-zs it removes (logit difference on pairs; accuracy on queries). Mirror: the FT
+  set ablated in ft-zs, share of FT's gain removed.
+- **Sufficiency**: patch the set's outputs from base-icl into base-zs (same query, no
+  demonstrations), and from ft-zs into the base model (cross-model); share of the gain
   recovered.
 - **Cross-condition**: the ICL set ablated in ft-zs (share of FT's gain removed) and the FT set
   in base-icl.
@@ -40,7 +41,7 @@ from interp.analysis.components import hook_names
 from interp.analysis.metrics import first_answer_token, logit_diff
 from interp.analysis.patching import auto_chunk, stacked_sets
 from interp.circuits import ScoreMap, components
-from interp.engine import capture, encode, forward, length_groups
+from interp.engine import capture, encode, forward
 from interp.names import largest
 from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
@@ -51,20 +52,37 @@ from interp.tasks import Example, get_task
 
 
 class Prompts:
-    """Test prompts (query tokens without prefix) and how to score each: logit difference of a
-    pair's answer and foil, or correctness of a query (closed sets: the gold choice has the
-    highest first-token logit; open answers: the gold's first token is the top token)."""
+    """Test prompts (query tokens without prefix), where each is intervened on, and how to
+    score each: logit difference of a pair's answer and foil, or correctness of a query
+    (closed sets: the gold choice has the highest first-token logit; open answers: the gold's
+    first token is the top token). ``edit``: the first intervened query position (a pair's
+    first edited token; a query's final token)."""
 
     def __init__(self, config: ShiftConfig, tokenizer, pairs: PairSet, queries: Sequence[Example]):
         sep = answer_sep(config.task)
         choices = get_task(config.task).choices
-        self.ids = list(pairs.clean) + [encode(tokenizer, q.input, first=False) for q in queries]
+        queries_ids = [encode(tokenizer, q.input, first=False) for q in queries]
+        self.ids = list(pairs.clean) + queries_ids
         self.n_pairs = len(pairs)
+        self.edit = [first_edit(a, b) for a, b in zip(pairs.clean, pairs.corrupt)] + [
+            len(q) - 1 for q in queries_ids]
         self.answer = list(pairs.answer_ids) + [first_answer_token(tokenizer, sep + q.target)
                                                 for q in queries]
         self.foil = list(pairs.foil_ids) + [0] * len(queries)
         self.choice_ids = [first_answer_token(tokenizer, sep + c) for c in choices] \
             if choices else None
+
+    @property
+    def span(self) -> int:
+        """The most positions any prompt is intervened at."""
+        return max((len(ids) - e for ids, e in zip(self.ids, self.edit)), default=1)
+
+    def groups(self) -> dict[tuple[int, int], list[int]]:
+        """Prompt indices by (length, positions intervened at): one forward each, no padding."""
+        out: dict[tuple[int, int], list[int]] = {}
+        for i, (ids, e) in enumerate(zip(self.ids, self.edit)):
+            out.setdefault((len(ids), len(ids) - e), []).append(i)
+        return out
 
     def metric(self, idx: Sequence[int]):
         """Per prompt of ``idx``: the logit difference (pairs) or 1/0 correctness (queries)."""
@@ -87,43 +105,66 @@ class Prompts:
         return fn
 
 
-def final_values(runner: ConditionRunner, cond: Condition, prompts: Prompts
-                 ) -> dict[str, torch.Tensor]:
-    """Final-token ``hook_z`` of every head and output of every MLP, per prompt ``[n, ...]``."""
+def first_edit(clean: Sequence[int], corrupt: Sequence[int]) -> int:
+    """The first position where a pair's prompts differ (the last one if they never do)."""
+    return next((i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b), len(clean) - 1)
+
+
+def tail_values(runner: ConditionRunner, cond: Condition, prompts: Prompts, span: int
+                ) -> dict[str, torch.Tensor]:
+    """Every head's ``hook_z`` and every MLP's output at each prompt's last ``span`` positions
+    (right-aligned: index -1 is the final token), ``[n, span, ...]``."""
     model = runner.model
     names = hook_names(model.n_layers)
     prefix = runner.prefix(cond)
     out: dict[str, torch.Tensor] = {}
     with runner.use(cond), torch.no_grad():
-        for idx in length_groups(prompts.ids).values():
+        for idx in prompts.groups().values():
             tokens = torch.tensor([prefix + prompts.ids[i] for i in idx], device=model.device)
-            store, hooks = capture(names, lambda act: act[:, -1].detach())
+            store, hooks = capture(names, lambda act: act[:, -span:].detach())
             forward(model, tokens, hooks=hooks)
             for name in names:
+                got = store[name]                   # fewer than span when the prompt is shorter
                 if name not in out:
-                    out[name] = torch.zeros(len(prompts.ids), *store[name].shape[1:],
-                                            dtype=store[name].dtype, device=store[name].device)
-                out[name][idx] = store[name]
+                    out[name] = torch.zeros(len(prompts.ids), span, *got.shape[2:],
+                                            dtype=got.dtype, device=got.device)
+                out[name][idx, span - got.shape[1]:] = got
+    return out
+
+
+def tail_means(values: dict[str, torch.Tensor], prompts: Prompts) -> dict[str, torch.Tensor]:
+    """The mean of :func:`tail_values` over prompts at each position from the end, counting only
+    prompts whose query reaches that far back (not their prefix): ``[1, span, ...]``."""
+    span = next(iter(values.values())).shape[1]
+    back = torch.arange(span - 1, -1, -1)                          # positions from the end
+    inside = back[None] < torch.tensor([len(ids) for ids in prompts.ids])[:, None]   # [n, span]
+    weight = inside.double() / inside.sum(0).clamp_min(1)
+    out = {}
+    for name, v in values.items():
+        w = weight.to(v.device).reshape(*weight.shape, *(1,) * (v.dim() - 2))
+        out[name] = (v.double() * w).sum(0, keepdim=True).to(v.dtype)
     return out
 
 
 def run_sets(runner: ConditionRunner, cond: Condition, prompts: Prompts, sets,
              values: dict[str, torch.Tensor] | None) -> torch.Tensor:
-    """Per set and prompt, the prompt's score with the set's components set to ``values`` (per
-    prompt ``[n, ...]`` or one mean ``[1, ...]``) at the final token: ``[n_sets, n]``. The first
-    row of the result is the unintervened run when ``sets[0]`` is empty."""
+    """Per set and prompt, the prompt's score with the set's components set to ``values``
+    (right-aligned, per prompt ``[n, span, ...]`` or one mean ``[1, span, ...]``) at the
+    prompt's intervened positions: ``[n_sets, n]``. The first row of the result is the
+    unintervened run when ``sets[0]`` is empty."""
     model = runner.model
     prefix = runner.prefix(cond)
     out = torch.zeros(len(sets), len(prompts.ids))
     with runner.use(cond):
-        for idx in length_groups(prompts.ids).values():
+        for (_, n_pos), idx in prompts.groups().items():
             tokens = torch.tensor([prefix + prompts.ids[i] for i in idx], device=model.device)
             T = tokens.shape[1]
             vals = {} if values is None else {
-                k: (v[idx] if v.shape[0] > 1 else v)[:, None] for k, v in values.items()}
-            chunk = max(1, auto_chunk(model, len(idx), 1, T - 1))
-            out[:, idx] = stacked_sets(model, tokens, sets, vals, prompts.metric(idx), T - 1,
-                                       chunk)
+                k: (v[idx] if v.shape[0] > 1 else v)[:, v.shape[1] - n_pos:]
+                for k, v in values.items()}
+            chunk = max(1, auto_chunk(model, len(idx), n_pos, T - n_pos))
+            out[:, idx] = stacked_sets(model, tokens, sets, vals, prompts.metric(idx),
+                                       T - n_pos, chunk)
     return out
 
 
@@ -232,10 +273,11 @@ def full_gains(scores: dict, n_boot: int, seed: int) -> dict[str, dict]:
 def _plan(runner, conds, prompts: Prompts, reference: Prompts) -> dict:
     """The six tests; ablation means come from ``reference`` (set A's prompts, disjoint from
     the test prompts), sufficiency sources are the test prompts' own outputs."""
-    means = {name: {h: v.mean(0, keepdim=True) for h, v in
-                    final_values(runner, conds[name], reference).items()}
+    span = prompts.span
+    means = {name: tail_means(tail_values(runner, conds[name], reference, span), reference)
              for name in ("base-icl", "ft-zs")}
-    sources = {name: final_values(runner, conds[name], prompts) for name in ("base-icl", "ft-zs")}
+    sources = {name: tail_values(runner, conds[name], prompts, span)
+               for name in ("base-icl", "ft-zs")}
     return {
         "necessity_icl": CausalTest("icl", "base-icl", means["base-icl"], "base-zs", "base-icl"),
         "necessity_ft": CausalTest("ft", "ft-zs", means["ft-zs"], "base-zs", "ft-zs"),
@@ -257,7 +299,9 @@ def _header(config: ShiftConfig, k: int, chosen: dict, random_for: dict, templat
     return {"k": k, "replicate": REPLICATE, "selection_pairs": n, "n_test_pairs": n,
             "test_queries": n_queries, "random_sets": config.n_random_sets,
             "ranking": "scale-free: |map/||map|| - base-zs/||base-zs|||, on set A's pairs",
-            "positions": "interventions at the final token", "ablation_means": "set A's prompts",
+            "positions": "pairs: every position from the first edited token (where the maps "
+                         "are scored); queries: the final token",
+            "ablation_means": "set A's prompts, per position from the end",
             "overlap_with_chosen": overlap,
             "chosen": {arm: [template.name(i) for i in chosen[arm]] for arm in chosen}}
 

@@ -21,8 +21,8 @@ from interp.engine import check_length, encode
 from interp.errors import TaskError
 from interp.models import LoadedModel
 from interp.prompts import answer_sep, choose_demos, prefix_text
-from interp.shift.config import CONDITIONS, TRAINED, ShiftConfig
-from interp.shift.table import TABLE
+from interp.shift.config import CONDITIONS, SHAMS, TRAINED, ShiftConfig
+from interp.shift.table import SPECS, TABLE
 from interp.tasks import Example, generate, pair_sources
 
 
@@ -75,17 +75,31 @@ def build_conditions(config: ShiftConfig, tokenizer) -> list[Condition]:
     return sorted(out, key=lambda c: (order[c.name], c.seed))
 
 
-def dose_conditions(config: ShiftConfig, fractions_steps: dict[float, int]) -> list[Condition]:
-    """The dose-response points: base-icl at every shot count (nested demonstrations of each
-    demonstration seed) and ft-zs at every recorded fraction of its steps."""
+def dose_conditions(config: ShiftConfig, fractions_steps: dict[float, int], tokenizer
+                    ) -> list[Condition]:
+    """The dose-response points, each beside its method's primary sham at the same dose:
+    ``icl@k`` (base-icl at every shot count, nested demonstrations of each demonstration seed)
+    with ``icl-sham@k`` (other-task demonstrations matched to those k in count and length), and
+    ``ft@step`` (ft-zs at every recorded fraction of its steps) with ``ft-sham@step``
+    (ft-other-task's checkpoint at that step)."""
+    icl_sham, ft_sham = SHAMS["base-icl"].primary, SHAMS["ft-zs"].primary
+    length = prefix_length(tokenizer)
     out = []
     for s in range(config.demo_seeds):
         demos = choose_demos(config.task, max(config.dose_shots), seed=config.seed + s,
                              **config.knobs)
-        out += [Condition(f"icl@{k}", s, demos[:k]) for k in config.dose_shots]
+        for k in config.dose_shots:
+            built = SPECS[icl_sham].demonstrations(config, demos[:k], s, length)
+            out += [Condition(f"icl@{k}", s, demos[:k]),
+                    Condition(f"icl-sham@{k}", s, built.demos, other_task=built.other_task,
+                              length_ratio=built.length_ratio)]
+    last = max(fractions_steps.values())
     for s in range(config.ft_seeds):
-        out += [Condition(f"ft@{step}", s, update=f"ft-zs/{s}@{step}")
-                for _, step in sorted(fractions_steps.items())]
+        for step in sorted(fractions_steps.values()):
+            at = "" if step == last else f"@{step}"       # the final update has no @ in its key
+            out += [Condition(f"ft@{step}", s, update=f"ft-zs/{s}{at}"),
+                    Condition(f"ft-sham@{step}", s, update=f"{ft_sham}/{s}{at}",
+                              other_task=config.other_task)]
     return out
 
 

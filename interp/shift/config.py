@@ -85,7 +85,7 @@ class ShiftConfig:
     n_pairs: int = setting(16, "counterfactual pairs per map (twice as many are scored: the "
                                "second half measures the noise floor)", type=at_least(4))
     dose_shots: tuple[int, ...] = setting(
-        (1, 2, 4, 8), "ICL doses for the dose-response (base-icl's shots always included)",
+        (1, 2, 4, 8, 16), "ICL doses for the dose-response (base-icl's shots always included)",
         type=comma_list(int, "shot count"))
     demo_seeds: int = setting(1, "demonstration sets (hierarchical bootstrap when > 1)",
                               type=positive())
@@ -185,7 +185,7 @@ class ShiftConfig:
 
     def dose_settings(self) -> dict:
         return {**self.scores_settings(), "dose_shots": list(self.dose_shots),
-                "n_eval": self.n_eval}
+                "n_eval": self.n_eval, "shams": "the primary sham at every dose"}
 
     def probes_settings(self) -> dict:
         return {**self.scores_settings(), "ks": list(self.ks), "n_eval": self.n_eval,

@@ -121,8 +121,7 @@ def assemble(config: ShiftConfig, conditions: Sequence[Condition], doses, steps:
     gates = {name: (v["gate"]["passed"], v["gate"]["reason"])
              for name, v in comparison["summary"].items()}
     dose = dose_points(config, doses, dose_scores, dose_acc, acc["base-zs/0"]["pattern"],
-                       scores[keys_of["base-zs"][0]]["counterfactual"], comparison["shift"],
-                       gates, steps)
+                       scores[keys_of["base-zs"][0]]["counterfactual"], gates, steps)
     return merge({
         "config": config.to_dict(), "model": model.describe(), "task": config.task,
         "n_pairs": n, "conditions": cond_out,

@@ -6,7 +6,7 @@
 3. ``scores.safetensors``: every head's and MLP's effect on 2n counterfactual pairs (n for the
    maps, n more for the noise floor) and n strategy-separating pairs, per condition;
 4. ``dose.safetensors`` / ``dose.json``: ICL at several shot counts, FT at 25/50/100 % of its
-   steps;
+   steps, each beside its primary sham at the same dose;
 5. ``probes.json``: faithfulness, logit lens, attention views, ICL heads (``probes=False`` skips);
 6. ``causal.json`` (with ``causal=True``): necessity, sufficiency and cross-condition
    faithfulness of the most shifted components, beside matched random sets;
@@ -97,7 +97,7 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
     stages = Stages(out, config.force, {"demos": demo_digest(conditions)})
     stages.time("load_model", t)
     steps = dose_steps(config)
-    doses = dose_conditions(config, steps)
+    doses = dose_conditions(config, steps, base.tokenizer)
     check_run_size(base, config, [*conditions, *doses],     # sizes, in seconds, before
                    _pair_sets(config, base, 4, 4), queries(config, 4))   # building them all
     pair_sets = _pair_sets(config, base, 2 * config.n_pairs, config.n_pairs)
@@ -109,7 +109,7 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
     runner = ConditionRunner(base, updates, config.task)
     acc = stages.json("accuracy", config.accuracy_settings(),
                       lambda: _accuracy(runner, conditions, qs))
-    same = _same_as_main(config, doses, steps)
+    same = _same_as_main(conditions, doses)
     todo = [d for d in doses if d.key not in same]
     dose_acc = stages.json("dose_accuracy", config.dose_settings(), lambda: _accuracy(
         runner, todo, {"pattern": qs["pattern"]}))
@@ -173,16 +173,15 @@ def _optional_stages(stages: Stages, config: ShiftConfig, runner, by_name: dict,
     return explorer
 
 
-def _same_as_main(config: ShiftConfig, doses, steps: dict) -> dict[str, str]:
-    """Dose points that are main conditions (base-icl at its shots, ft-zs after all its steps):
-    dose key -> main condition key."""
-    last = max(steps.values())
+def _same_as_main(conditions, doses) -> dict[str, str]:
+    """Dose points that are main conditions (the same demonstrations and weights: base-icl at
+    its shots, ft-zs after all its steps, and their shams alike): dose key -> main key."""
+    main = {(tuple((d.id, d.target) for d in c.demos), c.update): c.key for c in conditions}
     out = {}
     for d in doses:
-        if d.name == f"icl@{config.shots}":
-            out[d.key] = f"base-icl/{d.seed}"
-        elif d.name == f"ft@{last}":
-            out[d.key] = f"ft-zs/{d.seed}"
+        key = main.get((tuple((x.id, x.target) for x in d.demos), d.update))
+        if key is not None:
+            out[d.key] = key
     return out
 
 

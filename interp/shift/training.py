@@ -3,7 +3,8 @@ shams, each per fine-tuning seed, with the same recipe, steps and seed; and ft-r
 random update with ft-zs's per-matrix rank and singular values (random orthonormal factors).
 
 Each run trains a LoRA (or full) copy of the base model and keeps only its weight update
-(:mod:`interp.finetune.deltas`), also at 25 % and 50 % of its steps for the dose-response. A run
+(:mod:`interp.finetune.deltas`); ft-zs and ft-other-task (its dose-matched sham) also at 25 %
+and 50 % of their steps for the dose-response. A run
 whose update files are complete and whose fingerprint matches is not redone.
 """
 
@@ -32,7 +33,7 @@ from interp.finetune.deltas import (
 )
 from interp.models import LoadedModel
 from interp.prompts import build_prompt
-from interp.shift.config import DOSE_FRACTIONS, TRAINED, ShiftConfig
+from interp.shift.config import DOSE_FRACTIONS, SHAMS, TRAINED, ShiftConfig
 from interp.shift.table import SPECS, TABLE
 from interp.tasks import Example, generate
 
@@ -131,6 +132,10 @@ def effect_prompts(config: ShiftConfig, tokenizer, n: int = 16) -> list[torch.Te
             for q in queries]
 
 
+#: trained conditions kept at every dose fraction: ft-zs and its primary sham (dose-matched)
+DOSED = ("ft-zs", SHAMS["ft-zs"].primary)
+
+
 def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: bool = False
                   ) -> tuple[dict[str, Delta], dict]:
     """Weight updates by key (``ft-zs/0``, ``ft-zs/0@4``, ``ft-other-task/0``, ...,
@@ -141,7 +146,8 @@ def train_updates(config: ShiftConfig, template: LoadedModel, out: Path, force: 
     info: dict[str, dict] = {}
     for s in range(config.ft_seeds):
         for condition in TRAINED:
-            wanted = sorted(set(steps.values())) if condition == "ft-zs" else [max(steps.values())]
+            wanted = (sorted(set(steps.values())) if condition in DOSED
+                      else [max(steps.values())])
             loaded, record = _trained_run(config, template, out, condition, s, wanted, force)
             updates[f"{condition}/{s}"] = loaded[max(wanted)]
             info[f"{condition}/{s}"] = {
