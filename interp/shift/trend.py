@@ -59,7 +59,8 @@ def seed_trend(rows: Sequence[dict], dose: str, value: str) -> dict:
                          f"points (needs {MIN_TREND_SEEDS})")
         return out
     taus = torch.tensor(list(per_seed.values()), dtype=torch.float64)
-    out.update(estimate=float(taus.mean()), ci95=t_interval(taus),
+    low, high = t_interval(taus)
+    out.update(estimate=float(taus.mean()), ci95=[max(low, -1.0), min(high, 1.0)],  # tau's range
                se=float(taus.std()) / math.sqrt(len(taus)))
     return out
 
