@@ -174,11 +174,13 @@ def test_dose_points_by_hand():
     assert icl["corrected_shift"] == pytest.approx(icl["shift"] - icl["sham_shift"])
     assert ft["sham_passes"] is False and ft["corrected_shift"] is None   # the gated sham
     assert "too few seeds" in out["trends"]["icl"]["shift"]["reason"]
-    conds[1].length_ratio = 1.3                              # beyond the length tolerance
+    conds[1].length_ratio = 1.3                 # beyond the length tolerance: needs no map
+    del scores["icl-sham@2/0"]
     long = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs,
                        {"base-zs": (True,)}, {0.5: 2, 1.0: 4})["icl"][0]
     assert long["sham_passes"] is False and long["corrected_shift"] is None
     assert long["corrected_gain"] == 0.25
+    assert long["sham_accuracy"] == 0.5                     # its accuracy still counts
     failed = dose_points(config, conds, scores, accuracy, [1, 0, 0, 0], zs,
                          {"base-zs": (False,)}, {0.5: 2, 1.0: 4})
     assert failed["icl"][0]["shift"] is None and "base-zs fails" in failed["reason"]

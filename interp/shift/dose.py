@@ -40,23 +40,33 @@ def parse(name: str) -> tuple[str, bool, int]:
     return method, body != method, int(dose)
 
 
+def length_gated(cond: Condition) -> str | None:
+    """Why a dose sham's prefix is too far from its point's length to correct it, or None; such
+    a point needs no map (it is measured for its accuracy only)."""
+    ratio = cond.length_ratio
+    if ratio is not None and abs(ratio - 1) > LENGTH_TOLERANCE:
+        return f"prefix length ratio {ratio:.2f}"
+    return None
+
+
 def _point(config: ShiftConfig, cond: Condition, scores: dict, accuracy: dict, zs_map,
            zs_ok: bool) -> dict:
     """One dose point: shift from base-zs (None when a gate fails), reliability, gate,
     pattern accuracy."""
     n = config.n_pairs
+    correct = accuracy[cond.key]["pattern"]
+    out = {"shift": None, "reliability": None, "passes": False,
+           "gate_reason": length_gated(cond), "accuracy": sum(correct) / len(correct)}
+    if out["gate_reason"] is not None:
+        return out
     s = scores[cond.key]["counterfactual"]
     x = flatten(s)[:, :n]
     summary = condition_summary(x, (s["clean"] - s["corrupt"])[:n].double(), config.n_boot,
                                 config.seed)
-    passed, reason = summary["passes"], summary["reason"]
-    if passed and cond.length_ratio is not None and abs(cond.length_ratio - 1) > LENGTH_TOLERANCE:
-        passed, reason = False, f"prefix length ratio {cond.length_ratio:.2f}"
     distance, rel = map_distance(x, zs_map)
-    correct = accuracy[cond.key]["pattern"]
-    return {"shift": _num(distance) if zs_ok and passed else None, "reliability": _num(rel),
-            "passes": bool(passed), "gate_reason": reason,
-            "accuracy": sum(correct) / len(correct)}
+    return {**out, "shift": _num(distance) if zs_ok and summary["passes"] else None,
+            "reliability": _num(rel), "passes": bool(summary["passes"]),
+            "gate_reason": summary["reason"]}
 
 
 def dose_points(config: ShiftConfig, conditions: Sequence[Condition], scores: dict,

@@ -43,6 +43,7 @@ from interp.shift.conditions import (
     queries,
 )
 from interp.shift.config import ShiftConfig
+from interp.shift.dose import length_gated
 from interp.shift.explore import explorer_data
 from interp.shift.measure import ConditionRunner, accuracy, measure_all
 from interp.shift.reanalyse import nested_scores
@@ -143,12 +144,14 @@ def _run_stages(config: ShiftConfig, model: LoadedModel | None) -> None:
 def _dose_scores(stages: Stages, config: ShiftConfig, runner, todo, same: dict, scores: dict,
                  pair_sets: dict) -> dict:
     """Maps of the dose points on the first n counterfactual pairs; the full doses are base-icl
-    and ft-zs themselves (their maps' first n pairs)."""
+    and ft-zs themselves (their maps' first n pairs); shams too far in length from their point
+    get none."""
     n = config.n_pairs
     dose_pairs = {"counterfactual": pair_sets["counterfactual"].subset(range(n))}
+    mapped = [d for d in todo if length_gated(d) is None]     # a length-gated sham needs no map
     dose_scores = nested_scores(stages.tensors(
         "dose", config.dose_settings(),
-        lambda: _flat_scores(measure_all(runner, todo, dose_pairs, config.progress))))
+        lambda: _flat_scores(measure_all(runner, mapped, dose_pairs, config.progress))))
     for key, main in same.items():
         dose_scores[key] = {"counterfactual": {
             f: t[..., :n] for f, t in scores[main]["counterfactual"].items()}}
