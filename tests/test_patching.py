@@ -155,3 +155,13 @@ def test_task_pairs_flip_the_answer_at_equal_length(setup, task):
         assert p["answer"] != p["foil"] and t["answer_id"] != t["foil_id"]
         assert t["clean"].shape == t["corrupt"].shape and not torch.equal(t["clean"], t["corrupt"])
         assert p["clean"].startswith(prefix) and p["corrupt"].startswith(prefix)
+
+
+def test_span_chunk_keeps_a_chunk_within_a_third_of_the_layers():
+    from interp.analysis.patching import span_chunk
+
+    assert span_chunk(256, 270, 30) == 90          # 1 pair on SmolLM2: 10 layers of heads
+    assert span_chunk(16, 270, 30) == 16           # the memory cap is already tighter
+    assert span_chunk(256, 30, 30) == 10           # MLPs: one per layer
+    assert span_chunk(256, 8, 2) == 4              # two layers: one layer per chunk
+    assert span_chunk(0, 8, 2) == 1
