@@ -8,10 +8,10 @@ model and task (default SmolLM2 boolean); ``--quick`` takes the shift command's 
 FLOPs are counted at every forward of the model (fine-tuning copies included): 2 x the block
 weights per computed token, attention over the cached prefix and the causal part of the new
 tokens (4 x layers x heads x head size per query-key position), the unembedding on the rows it
-computes; a forward under gradients counts x2 (a backward through frozen weights: LoRA,
-attribution) or x3 (full fine-tuning, weights that take gradients). The peak is the best of
-timed matmuls at the model's shapes (rows x d_model by d_model x d_mlp and the reverse) in each
-dtype the cell uses; on a GPU the rate against the bf16 peak is the MFU.
+computes; a forward under gradients counts x2 (a backward for activation gradients only: LoRA,
+attribution) or x3 (full fine-tuning: weights that take gradients while fine-tuning). The
+peak is the best of timed matmuls at the model's shapes (rows x d_model by d_model x d_mlp and
+the reverse) in each dtype the cell uses; on a GPU the rate against the bf16 peak is the MFU.
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ class FlopMeter:
             lambda m, a: self._unembed(m, a))
 
     def _factor(self, module) -> int:
+        """1 without gradients; 3 when fine-tuning weights that take gradients (full
+        fine-tuning); else 2 (LoRA, and attribution, whose backward asks for activation
+        gradients only even where the weights could take them)."""
         if not torch.is_grad_enabled():
             return 1
+        if self.stage != "finetune":
+            return 2
         weights = [p for n, p in module.named_parameters() if p.dim() == 2 and "lora" not in n]
         return 3 if any(p.requires_grad for p in weights[:4]) else 2
 
