@@ -39,9 +39,9 @@ import torch
 
 from interp.analysis.components import hook_names
 from interp.analysis.metrics import first_answer_token, logit_diff
-from interp.analysis.patching import auto_chunk, stacked_sets
+from interp.analysis.patching import auto_chunk, first_difference, stacked_sets
 from interp.circuits import ScoreMap, components
-from interp.engine import capture, encode, forward
+from interp.engine import capture, encode, forward, length_groups
 from interp.names import largest
 from interp.prompts import answer_sep
 from interp.shift.conditions import Condition, PairSet
@@ -107,7 +107,7 @@ class Prompts:
 
 def first_edit(clean: Sequence[int], corrupt: Sequence[int]) -> int:
     """The first position where a pair's prompts differ (the last one if they never do)."""
-    return next((i for i, (a, b) in enumerate(zip(clean, corrupt)) if a != b), len(clean) - 1)
+    return min(first_difference(torch.tensor([clean]), torch.tensor([corrupt])), len(clean) - 1)
 
 
 def tail_values(runner: ConditionRunner, cond: Condition, prompts: Prompts, span: int
@@ -119,7 +119,7 @@ def tail_values(runner: ConditionRunner, cond: Condition, prompts: Prompts, span
     prefix = runner.prefix(cond)
     out: dict[str, torch.Tensor] = {}
     with runner.use(cond), torch.no_grad():
-        for idx in prompts.groups().values():
+        for idx in length_groups(prompts.ids).values():    # one forward per length
             tokens = torch.tensor([prefix + prompts.ids[i] for i in idx], device=model.device)
             store, hooks = capture(names, lambda act: act[:, -span:].detach())
             forward(model, tokens, hooks=hooks)

@@ -25,7 +25,7 @@ from interp.shift.measure import flatten
 from interp.shift.table import LENGTH_TOLERANCE
 from interp.shift.trend import seed_trend
 
-#: each method's dose points: the dose's name in a row, and the sham's name prefix
+#: each method's dose points and the name of their dose in a row
 METHODS = {"icl": "shots", "ft": "step"}
 
 

@@ -4,8 +4,8 @@ random update with ft-zs's per-matrix rank and singular values (random orthonorm
 
 Each run trains a LoRA (or full) copy of the base model and keeps only its weight update
 (:mod:`interp.finetune.deltas`); ft-zs and ft-other-task (its dose-matched sham) also at 25 %
-and 50 % of their steps for the dose-response. A run
-whose update files are complete and whose fingerprint matches is not redone.
+and 50 % of their steps for the dose-response. A run whose update files are complete and whose
+fingerprint matches is not redone.
 """
 
 from __future__ import annotations
