@@ -5,7 +5,8 @@ attribution_patch), for one prompt pair and a batch of 16 pairs. Prints one JSON
 TransformerLens's sweep runs one identical-cost forward per head; on the 16-pair batch it is
 timed on ``--tl-heads`` heads (default: the first 3 layers) and scaled to all heads unless
 ``--full-tl`` is given (about 12 minutes on 2 CPU cores). Its values on those heads are checked
-against ours either way.
+against ours either way. ``*_gflops``: the achieved rate, analytic FLOPs (as
+``bench_study.py`` counts them: every decoder layer that runs) over the measured seconds.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from bench_study import FlopMeter  # noqa: E402
 from peak import Peak  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 from transformer_lens import patching as tlp  # noqa: E402
@@ -65,11 +67,13 @@ def worker(args) -> None:
     """One measurement in a fresh process, so its peak memory is its own."""
     torch.manual_seed(0)
     model = load_model(args.model, device=args.device)
+    meter = FlopMeter(model)
     clean, corrupt, metric, answers, foils = choose_pairs(model, args.n, args.seed)
     L, H = model.n_layers, model.n_heads
     with torch.no_grad():
         _, clean_cache = model.bridge.run_with_cache(clean)
         baseline = metric(model.bridge(corrupt)).mean()
+    meter.stage = "measured"
     with Peak(model.device) as peak:
         if args.worker == "tl":
             index = pd.DataFrame([(l, h) for l in range(L) for h in range(H)][:args.tl_heads],
@@ -86,6 +90,7 @@ def worker(args) -> None:
         else:
             values = tl_attribution_heads(model, clean, corrupt, answers, foils)
     torch.save({"values": values.cpu(), "seconds": peak.seconds, "mib": peak.mib,
+                "flops": meter.flops.get("measured", 0.0),
                 "baseline": baseline.cpu(), "tokens": clean.shape[1]}, args.save)
 
 
@@ -117,6 +122,8 @@ def bench_case(args, model, n_pairs: int, tl_heads: int) -> dict:
         "attribution_peak_mib": r["attribution"]["mib"],
         "tl_attribution_seconds": round(r["tl_attribution"]["seconds"], 2),
         "tl_attribution_peak_mib": r["tl_attribution"]["mib"],
+        **{f"{name}_gflops": round(r[name]["flops"] / r[name]["seconds"] / 1e9, 1)
+           for name in ("ours", "attribution", "tl")},
         "speedup_activation_vs_tl": round(tl_seconds / r["ours"]["seconds"], 1),
         "speedup_attribution_vs_tl": round(tl_seconds / r["attribution"]["seconds"], 1),
         "speedup_attribution_vs_tl_attribution": round(

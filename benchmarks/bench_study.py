@@ -5,8 +5,9 @@ the whole cell and one per peak measured.
 The cell is ``interp study``'s (the study template's seeds, pairs and causal tests) on one
 model and task (default SmolLM2 boolean); ``--quick`` takes the shift command's quick sizes
 (and its one demonstration set and one fine-tuning seed).
-FLOPs are counted at every forward of the model (fine-tuning copies included): 2 x the block
-weights per computed token, attention over the cached prefix and the causal part of the new
+FLOPs are counted at every forward of every decoder layer that runs (fine-tuning copies
+included; a layer whose output is resumed from a cache counts nothing): 2 x its weights per
+computed token, attention over the cached prefix and the causal part of the new
 tokens (4 x layers x heads x head size per query-key position), the unembedding on the rows it
 computes; a forward under gradients counts x2 (a backward for activation gradients only: LoRA,
 attribution) or x3 (full fine-tuning: weights that take gradients while fine-tuning). The
@@ -28,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from interp.arch import layers  # noqa: E402
 from interp.models import load_model  # noqa: E402
 from interp.shift import run as shift_run  # noqa: E402
 from interp.shift.config import study_template  # noqa: E402
@@ -39,18 +41,21 @@ class FlopMeter:
 
     def __init__(self, model):
         cfg = model.hf.config
-        self.layers, self.d = model.n_layers, model.hf.config.hidden_size
+        self.d = model.hf.config.hidden_size
         self.attn = model.n_heads * model.d_head
         self.vocab = cfg.vocab_size
         decoder = model.hf.get_decoder()
-        self.block = sum(p.numel() for n, p in decoder.named_parameters()
-                         if p.dim() == 2 and "embed" not in n and "lora" not in n)
         self.stage = "setup"
         self.flops: dict[str, float] = {}
         self.dtypes: dict[str, set] = {}
+        self.call = (0, 0, 0, 1)        # the decoder call under way: batch, new, prefix, factor
         # plain functions, not bound methods: a fine-tuning copy (deepcopy) keeps counting here
         decoder.register_forward_pre_hook(lambda m, a, k: self._decoder(m, a, k),
                                           with_kwargs=True)
+        for layer in layers(model.hf):   # a layer skipped (its output resumed) counts nothing
+            weights = sum(p.numel() for n, p in layer.named_parameters()
+                          if p.dim() == 2 and "lora" not in n)
+            layer.register_forward_pre_hook(lambda m, a, w=weights: self._layer(m, w))
         model.hf.get_output_embeddings().register_forward_pre_hook(
             lambda m, a: self._unembed(m, a))
 
@@ -77,9 +82,13 @@ class FlopMeter:
         past = kwargs.get("past_key_values")
         prefix = past.get_seq_length() if past is not None and hasattr(
             past, "get_seq_length") else 0
-        attention = 4 * self.layers * self.attn * new * (prefix + (new + 1) / 2)
+        self.call = (batch, new, prefix, self._factor(module))
+
+    def _layer(self, module, weights: int):
+        batch, new, prefix, factor = self.call
+        attention = 4 * self.attn * new * (prefix + (new + 1) / 2)
         dtype = next(module.parameters()).dtype
-        self._add(batch * (2 * self.block * new + attention) * self._factor(module), dtype)
+        self._add(batch * (2 * weights * new + attention) * factor, dtype)
 
     def _unembed(self, module, args):
         rows = args[0].shape[:-1].numel()
@@ -113,6 +122,8 @@ def main() -> int:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--task", default="boolean")
     p.add_argument("--quick", action="store_true", help="the shift command's quick sizes")
+    p.add_argument("--n-pairs", type=int, default=None,
+                   help="counterfactual pairs per map (default: the study's)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="run directory (default: a temporary one)")
     args = p.parse_args()
@@ -124,6 +135,8 @@ def main() -> int:
                      out=out, progress=False, device=args.device)
     if args.quick:                  # the shift command's quick run: one seed of each kind
         config = replace(config, demo_seeds=1, ft_seeds=1)
+    if args.n_pairs:
+        config = replace(config, n_pairs=args.n_pairs)
     _label_stages(meter)
     began = time.perf_counter()
     results = shift_run.run_shift(config, model)

@@ -109,3 +109,45 @@ def test_attribution_components_share_one_pass(tiny):
         assert torch.allclose(both[component], single, atol=1e-6)
     assert torch.allclose(both["source"], run_metric(model, tokens, metric), atol=1e-5)
     assert torch.allclose(both["target"], run_metric(model, corrupt, metric), atol=1e-5)
+
+
+def test_right_padded_rows_score_as_each_row_alone(tiny):
+    """Rows of different lengths right-padded into one batch give each row's own scores: the
+    metric reads every row's last real token, and the pads (whatever token fills them) add
+    nothing."""
+    from interp.analysis.attribution import attribution_components
+
+    model, tokens = tiny
+    gen = torch.Generator().manual_seed(3)
+    vocab = model.hf.config.vocab_size
+    prefix = tokens[0, :3].tolist()            # a shared prefix, as an ICL prompt has
+    rows = [prefix + torch.randint(1, vocab, (n,), generator=gen).tolist() for n in (4, 7, 5)]
+    corrupt_rows = [r[:3] + [(t + 1) % vocab for t in r[3:]] for r in rows]
+    answer, foil = [5, 9, 2], [7, 3, 4]
+    width = max(map(len, rows))
+
+    def padded(rs, fill):
+        return torch.tensor([r + [fill] * (width - len(r)) for r in rs])
+
+    def metric_for(idx):
+        def metric(logits):
+            last = logits[:, -1]
+            return last[torch.arange(len(idx)), [answer[i] for i in idx]] - \
+                last[torch.arange(len(idx)), [foil[i] for i in idx]]
+        return metric
+
+    lengths = [len(r) for r in rows]
+    batched = [attribution_components(model, padded(rows, fill), padded(corrupt_rows, fill),
+                                      metric_for([0, 1, 2]), ("heads", "mlp"),
+                                      with_metric=True, lengths=lengths) for fill in (0, 11)]
+    for i, (r, c) in enumerate(zip(rows, corrupt_rows)):
+        alone = attribution_components(model, torch.tensor([r]), torch.tensor([c]),
+                                       metric_for([i]), ("heads", "mlp"), with_metric=True)
+        for out in batched:
+            torch.testing.assert_close(out["heads"][..., i], alone["heads"][..., 0],
+                                       rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out["mlp"][:, :len(r), i], alone["mlp"][..., 0],
+                                       rtol=1e-4, atol=1e-5)
+            assert int(torch.count_nonzero(out["mlp"][:, len(r):, i])) == 0
+            for key in ("source", "target"):
+                torch.testing.assert_close(out[key][i], alone[key][0], rtol=1e-4, atol=1e-5)

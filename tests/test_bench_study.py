@@ -53,6 +53,11 @@ def test_flop_meter_counts_a_forward_by_hand(meter_module):
     assert any(p.requires_grad for p in model.hf.parameters())
     model.hf(input_ids=torch.ones(1, 5, dtype=torch.long), logits_to_keep=1)
     assert meter.flops["finetune"] == pytest.approx(3 * one + 2 * 2 * d * V)
+    meter.stage = "resumed"              # layer 0 resumed from its cached output: not counted
+    from interp.engine import _skipping
+    with torch.no_grad(), _skipping(model.hf, 1, torch.zeros(1, 5, d)):
+        model.hf(input_ids=torch.ones(1, 5, dtype=torch.long), logits_to_keep=1)
+    assert meter.flops["resumed"] == pytest.approx(one * (L - 1) / L + 2 * d * V)
 
 
 def test_bench_study_prints_stage_lines_on_the_tiny_model(tmp_path):

@@ -8,12 +8,14 @@ import torch
 from archs import tiny_model_dir
 
 from interp.finetune.deltas import (
+    LowRank,
     activation_effect,
     delta_from_factors,
     delta_norms,
     difference,
     load_update,
     lora_factors,
+    matrix_spectrum,
     norms,
     random_like,
     save_update,
@@ -98,6 +100,31 @@ def test_update_norms_and_random_updates_by_hand():
                                                  rel=1e-5)
     cosine = torch.nn.functional.cosine_similarity(rand["w"].flatten(), low["w"].flatten(), 0)
     assert abs(float(cosine)) < 0.2
+
+
+def test_factored_updates_match_their_dense_matrices():
+    """A LoRA update stays factored in memory: its matrices, spectra, norms and random twin
+    equal those computed from the dense matrices."""
+    gen = torch.Generator().manual_seed(1)
+    factors = {"w": {"A": torch.randn(4, 64, generator=gen), "B": torch.randn(96, 4, generator=gen),
+                     "scaling": 0.5, "transpose": False},
+               "t": {"A": torch.randn(3, 20, generator=gen), "B": torch.randn(30, 3, generator=gen),
+                     "scaling": 2.0, "transpose": True}}
+    low = delta_from_factors(factors)
+    dense = {"w": 0.5 * factors["w"]["B"] @ factors["w"]["A"],
+             "t": (2.0 * factors["t"]["B"] @ factors["t"]["A"]).T}
+    assert isinstance(low, LowRank) and sorted(low) == ["t", "w"] and "w" in low
+    assert "x" not in low and low["t"].shape == (20, 30)
+    for name in dense:
+        torch.testing.assert_close(low[name], dense[name])
+        torch.testing.assert_close(matrix_spectrum(low, name), spectrum(dense[name]))
+        assert len(matrix_spectrum(low, name)) == (4 if name == "w" else 3)
+    for name, row in delta_norms(low).items():
+        assert row == pytest.approx(delta_norms(dense)[name])
+    rand, rand_dense = random_like(low, seed=3), random_like(dense, seed=3)
+    assert isinstance(rand, LowRank)
+    for name in dense:     # the same random frames and singular values, factored or not
+        torch.testing.assert_close(rand[name], rand_dense[name], rtol=1e-4, atol=1e-5)
     # its reach on inputs: ||dW x|| by hand
     x = torch.randn(3, 64, generator=gen)
     assert activation_effect({"w": x}, {"w": low["w"]}) == pytest.approx(

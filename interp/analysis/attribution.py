@@ -14,6 +14,7 @@ gradient flows through them (for ICL prompts, that is the whole demonstration pr
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import torch
 
@@ -34,11 +35,15 @@ def attribution_patch(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Te
 
 def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: torch.Tensor,
                            metric, components=("heads", "mlp"), direction: str = "denoise",
-                           with_metric: bool = False) -> dict[str, torch.Tensor]:
+                           with_metric: bool = False, lengths: Sequence[int] | None = None
+                           ) -> dict[str, torch.Tensor]:
     """Several component kinds from the same two forwards and one backward:
     ``{component: [*grid, batch]}``; with ``with_metric`` also the unpatched metrics ``source``
     and ``target`` (``[batch]``) those forwards computed anyway. The metric sees logits of the
-    last position only, ``[batch, 1, vocab]``."""
+    last position only, ``[batch, 1, vocab]``: with ``lengths`` (rows of different lengths,
+    right-padded to one width), each row's last token. Padding is exact: under causal attention
+    no real position reads a pad, and the metric reads no pad, so every pad position's gradient
+    and effect is zero."""
     if clean.shape != corrupt.shape:
         raise ConfigError(f"clean {tuple(clean.shape)} and corrupt {tuple(corrupt.shape)} differ")
     if direction not in ("denoise", "noise"):
@@ -46,8 +51,14 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
     specs = [kind(c) for c in components]
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
     B, T = target.shape
-    start = min(first_difference(clean, corrupt), T - 1)
+    ends = torch.as_tensor(lengths if lengths is not None else [T] * B) - 1
+    start = min(first_difference(clean, corrupt), int(ends.min()))
     cache = prefix_cache(model, target[:, :start]) if start else None
+    keep, column = torch.unique(ends - start, return_inverse=True)
+    rows = torch.arange(B)
+
+    def last(logits):               # each row's last token: [batch, 1, vocab]
+        return logits[rows.to(logits.device), column.to(logits.device)][:, None]
 
     def past():
         return repeat_cache(cache, 1) if cache is not None else None
@@ -55,11 +66,12 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
     names = list(dict.fromkeys(n for s in specs for n in s.hook_names(model.n_layers)))
     src, src_hooks = capture(names)
     with torch.no_grad():
-        source_logits = forward(model, source[:, start:], past(), src_hooks)
+        source_logits = last(forward(model, source[:, start:], past(), src_hooks,
+                                     positions=keep.to(source.device)))
     acts, hooks = capture(names, graph=True)
     with torch.enable_grad():
-        logits = forward(model, target[:, start:], past(), hooks)
-        values = metric(logits)
+        logits = forward(model, target[:, start:], past(), hooks, positions=keep.to(target.device))
+        values = metric(last(logits))
         # examples are independent: d sum / d a_b = d m_b / d a_b; no parameter gradients
         grads = dict(zip(names, torch.autograd.grad(values.sum(), [acts[n] for n in names])))
     out = {}

@@ -1,14 +1,16 @@
 """Weight updates as data: what fine-tuning changed, kept small, applied to one shared model.
 
-A LoRA run's update is stored as its low-rank factors (a few MB for a 135M model, instead of the
-merged weights' hundreds) and expanded on demand to ``{parameter name: delta W}``; a full
-fine-tuning run's update is the difference of the weights. One bridged model then serves every
-fine-tuned condition of an experiment: :meth:`interp.models.LoadedModel.swapped` puts
-``base + delta`` in and takes it out again.
+A LoRA run's update is stored and kept in memory as its low-rank factors (a few MB for a 135M
+model, instead of the merged weights' hundreds): :class:`LowRank` maps ``{parameter name: delta
+W}`` and expands one matrix at a time, on access, so dozens of updates fit beside the model. A
+full fine-tuning run's update is the difference of the weights (a plain dict). One bridged
+model then serves every fine-tuned condition of an experiment:
+:meth:`interp.models.LoadedModel.swapped` puts ``base + delta`` in and takes it out again.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -17,7 +19,28 @@ from interp.arch import plain_name
 from interp.files import load_tensors, read_json, save_tensors, write_json
 
 Factors = dict[str, dict]          # weight name -> {"A", "B", "scaling", "transpose"}
-Delta = dict[str, torch.Tensor]    # weight name -> delta W
+Delta = Mapping[str, torch.Tensor]   # weight name -> delta W (a dict, or a LowRank)
+
+
+class LowRank(Mapping):
+    """An update of low-rank matrices, ``delta W = left @ right`` per weight name (``left [out,
+    r]``, ``right [r, in]``), expanded to a dense tensor each time a matrix is read."""
+
+    def __init__(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.factors = factors
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        left, right = self.factors[name]
+        return left @ right
+
+    def __contains__(self, name) -> bool:
+        return name in self.factors
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.factors)
+
+    def __len__(self) -> int:
+        return len(self.factors)
 
 
 def _weight_name(module_name: str) -> str:
@@ -39,12 +62,13 @@ def lora_factors(net) -> Factors:
     return out
 
 
-def delta_from_factors(factors: Factors) -> Delta:
+def delta_from_factors(factors: Factors) -> LowRank:
+    """``scaling * B @ A`` per LoRA layer (transposed for fan-in-fan-out layers), factored."""
     out = {}
     for name, f in factors.items():
-        delta = (f["B"] @ f["A"]) * f["scaling"]
-        out[name] = delta.T if f["transpose"] else delta
-    return out
+        left, right = f["B"] * f["scaling"], f["A"]
+        out[name] = (right.T.contiguous(), left.T.contiguous()) if f["transpose"] else (left, right)
+    return LowRank(out)
 
 
 def difference(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) -> Delta:
@@ -59,6 +83,20 @@ def difference(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor]) 
 
 def _generator(seed: int, name: str) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, name)) * 7919)
+
+
+def matrix_spectrum(delta: Delta, name: str) -> torch.Tensor:
+    """:func:`spectrum` of one matrix of an update, from its factors when it has them: the
+    singular values of ``left @ right`` are those of ``R_left @ R_right^T`` (QR of each
+    factor), exact up to rounding and without forming the matrix."""
+    if not isinstance(delta, LowRank):
+        return spectrum(delta[name])
+    left, right = (f.double() for f in delta.factors[name])
+    values = torch.linalg.svdvals(torch.linalg.qr(left)[1] @ torch.linalg.qr(right.T)[1].T)
+    shape = (left.shape[0], right.shape[1])
+    if not len(values) or values[0] == 0:
+        return values[:0]
+    return values[values > _rank_tolerance(values, shape)]
 
 
 def spectrum(d: torch.Tensor, guess: int = 64) -> torch.Tensor:
@@ -82,7 +120,11 @@ def spectrum(d: torch.Tensor, guess: int = 64) -> torch.Tensor:
 
 
 def _tolerance(values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return values[0] * max(d.shape) * torch.finfo(torch.float32).eps
+    return _rank_tolerance(values, d.shape)
+
+
+def _rank_tolerance(values: torch.Tensor, shape) -> torch.Tensor:
+    return values[0] * max(shape) * torch.finfo(torch.float32).eps
 
 
 def _orthonormal(rows: int, cols: int, gen: torch.Generator) -> torch.Tensor:
@@ -94,26 +136,35 @@ def random_like(delta: Delta, seed: int = 0) -> Delta:
     """A random update that moves each matrix as far as ``delta`` did: per matrix, random
     orthonormal factors with the same rank and singular values (so the same Frobenius and
     spectral norms), seeded by the run seed and the parameter's name; vectors (biases, norms)
-    get a random direction with their norm."""
-    out = {}
+    get a random direction with their norm. A factored update gives a factored one."""
+    out, factors = {}, {}
     for name in sorted(delta):
-        d, gen = delta[name], _generator(seed, name)
-        if d.ndim < 2:
-            r = torch.randn(d.shape, generator=gen)
-            out[name] = r * (d.norm() / r.norm().clamp_min(1e-30))
-            continue
-        values = spectrum(d)
-        u = _orthonormal(d.shape[0], len(values), gen)
-        v = _orthonormal(d.shape[1], len(values), gen)
-        out[name] = ((u * values) @ v.T).to(d.dtype)
-    return out
+        gen = _generator(seed, name)
+        if isinstance(delta, LowRank):
+            left, right = delta.factors[name]
+            shape, dtype = (left.shape[0], right.shape[1]), left.dtype
+        else:
+            d = delta[name]
+            shape, dtype = d.shape, d.dtype
+            if d.ndim < 2:
+                r = torch.randn(d.shape, generator=gen)
+                out[name] = r * (d.norm() / r.norm().clamp_min(1e-30))
+                continue
+        values = matrix_spectrum(delta, name)
+        u = _orthonormal(shape[0], len(values), gen)
+        v = _orthonormal(shape[1], len(values), gen)
+        if isinstance(delta, LowRank):
+            factors[name] = ((u * values).to(dtype), v.T.to(dtype).contiguous())
+        else:
+            out[name] = ((u * values) @ v.T).to(dtype)
+    return LowRank(factors) if isinstance(delta, LowRank) else out
 
 
 def delta_norms(delta: Delta) -> dict[str, dict]:
     """Per matrix: numerical rank, Frobenius and spectral norm (vectors: rank 1, the norm)."""
     out = {}
     for name, d in delta.items():
-        values = spectrum(d) if d.ndim >= 2 else d.norm().reshape(1).double()
+        values = matrix_spectrum(delta, name) if d.ndim >= 2 else d.norm().reshape(1).double()
         out[name] = {"rank": int(len(values)), "frobenius": float(d.double().norm()),
                      "spectral": float(values[0]) if len(values) else 0.0}
     return out

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from interp.analysis.attribution import attribution_components
 from interp.analysis.metrics import logit_diff
-from interp.engine import chunks, encode, length_groups
+from interp.engine import chunks, encode
 from interp.errors import DegenerateDataError
 from interp.evaluate import predict, score
 from interp.finetune.deltas import Delta, absolute
@@ -48,7 +48,7 @@ class ConditionRunner:
 
 
 def accuracy(runner: ConditionRunner, condition: Condition,
-             queries: dict[str, Sequence[Example]], batch_size: int = 16) -> dict[str, list]:
+             queries: dict[str, Sequence[Example]], batch_size: int = 32) -> dict[str, list]:
     """Per query condition (pattern / control): each test query's correctness, in order."""
     out = {}
     with runner.use(condition) as model:
@@ -67,22 +67,29 @@ def pair_scores(runner: ConditionRunner, condition: Condition, pairs: PairSet
     heads, mlp = torch.zeros(L, H, n), torch.zeros(L, n)
     clean_m, corrupt_m = torch.zeros(n), torch.zeros(n)
     prefix = runner.prefix(condition)
+    by_length = sorted(range(n), key=lambda i: len(pairs.clean[i]))
     with runner.use(condition):
-        for idx_all in length_groups(pairs.clean).values():
-            for part in chunks(len(idx_all), PAIR_BATCH):
-                idx = [idx_all[i] for i in part]
-                clean = torch.tensor([prefix + pairs.clean[i] for i in idx], device=model.device)
-                corrupt = torch.tensor([prefix + pairs.corrupt[i] for i in idx],
-                                       device=model.device)
-                metric = logit_diff([pairs.answer_ids[i] for i in idx],
-                                    [pairs.foil_ids[i] for i in idx])
-                out = attribution_components(model, clean, corrupt, metric, ("heads", "mlp"),
-                                             with_metric=True)
-                heads[..., idx] = out["heads"]
-                mlp[..., idx] = out["mlp"].sum(1)
-                clean_m[idx], corrupt_m[idx] = out["source"], out["target"]
+        for part in chunks(n, PAIR_BATCH):       # pairs of similar lengths, right-padded
+            idx = [by_length[i] for i in part]
+            clean, lengths = _padded(model, [prefix + pairs.clean[i] for i in idx])
+            corrupt, _ = _padded(model, [prefix + pairs.corrupt[i] for i in idx])
+            metric = logit_diff([pairs.answer_ids[i] for i in idx],
+                                [pairs.foil_ids[i] for i in idx])
+            out = attribution_components(model, clean, corrupt, metric, ("heads", "mlp"),
+                                         with_metric=True, lengths=lengths)
+            heads[..., idx] = out["heads"]
+            mlp[..., idx] = out["mlp"].sum(1)
+            clean_m[idx], corrupt_m[idx] = out["source"], out["target"]
     check_spread(clean_m, pairs, condition.key)
     return {"heads": heads, "mlp": mlp, "clean": clean_m, "corrupt": corrupt_m}
+
+
+def _padded(model: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
+    """Token rows right-padded to the longest (``[batch, width]``), and their lengths."""
+    lengths = [len(r) for r in rows]
+    pad = model.tokenizer.pad_token_id or 0
+    ids = torch.tensor([r + [pad] * (max(lengths) - len(r)) for r in rows], device=model.device)
+    return ids, lengths
 
 
 def check_spread(metric: torch.Tensor, pairs: PairSet, condition: str) -> None:
