@@ -60,6 +60,13 @@ def length_groups(items: Sequence) -> dict[int, list[int]]:
     return groups
 
 
+def right_padded(rows: Sequence[Sequence[int]], pad_id: int, device=None) -> torch.Tensor:
+    """Token rows right-padded with ``pad_id`` to the longest: ``[batch, width]``."""
+    width = max((len(r) for r in rows), default=0)
+    return torch.tensor([list(r) + [pad_id] * (width - len(r)) for r in rows],
+                        dtype=torch.long, device=device)
+
+
 def chunks(n: int, size: int) -> Iterable[range]:
     for start in range(0, n, max(1, size)):
         yield range(start, min(n, start + size))
@@ -333,9 +340,7 @@ class PrefixRunner:
         lengths = torch.tensor([len(s) for s in suffixes], device=device)
         width = int(lengths.max())
         check_length(self.model, self.P + width)
-        ids = torch.full((len(suffixes), width), self.pad_id, dtype=torch.long, device=device)
-        for i, s in enumerate(suffixes):
-            ids[i, : len(s)] = torch.tensor(s, device=device)
+        ids = right_padded(suffixes, self.pad_id, device)
         suffix_mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
         B, S, P = len(suffixes), width, self.P
         pos = (P + torch.arange(S, device=device))[None].expand(B, S)

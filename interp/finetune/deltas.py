@@ -93,10 +93,7 @@ def matrix_spectrum(delta: Delta, name: str) -> torch.Tensor:
         return spectrum(delta[name])
     left, right = (f.double() for f in delta.factors[name])
     values = torch.linalg.svdvals(torch.linalg.qr(left)[1] @ torch.linalg.qr(right.T)[1].T)
-    shape = (left.shape[0], right.shape[1])
-    if not len(values) or values[0] == 0:
-        return values[:0]
-    return values[values > _rank_tolerance(values, shape)]
+    return _nonzero(values, (left.shape[0], right.shape[1]))
 
 
 def spectrum(d: torch.Tensor, guess: int = 64) -> torch.Tensor:
@@ -112,18 +109,19 @@ def spectrum(d: torch.Tensor, guess: int = 64) -> torch.Tensor:
                             dtype=torch.float64)
         q, _ = torch.linalg.qr(d @ omega)
         values = torch.linalg.svdvals(q.T @ d)
-    if values is None or (len(values) and values[-1] > _tolerance(values, d)):
+    if values is None or (len(values) and values[-1] > _tolerance(values, d.shape)):
         values = torch.linalg.svdvals(d)          # full rank, or wider than the guess
+    return _nonzero(values, d.shape)
+
+
+def _nonzero(values: torch.Tensor, shape) -> torch.Tensor:
+    """Singular values (largest first) of a matrix of ``shape`` above its rank tolerance."""
     if not len(values) or values[0] == 0:
         return values[:0]
-    return values[values > _tolerance(values, d)]
+    return values[values > _tolerance(values, shape)]
 
 
-def _tolerance(values: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    return _rank_tolerance(values, d.shape)
-
-
-def _rank_tolerance(values: torch.Tensor, shape) -> torch.Tensor:
+def _tolerance(values: torch.Tensor, shape) -> torch.Tensor:
     return values[0] * max(shape) * torch.finfo(torch.float32).eps
 
 
@@ -137,10 +135,11 @@ def random_like(delta: Delta, seed: int = 0) -> Delta:
     orthonormal factors with the same rank and singular values (so the same Frobenius and
     spectral norms), seeded by the run seed and the parameter's name; vectors (biases, norms)
     get a random direction with their norm. A factored update gives a factored one."""
-    out, factors = {}, {}
+    factored = isinstance(delta, LowRank)
+    out = {}
     for name in sorted(delta):
         gen = _generator(seed, name)
-        if isinstance(delta, LowRank):
+        if factored:
             left, right = delta.factors[name]
             shape, dtype = (left.shape[0], right.shape[1]), left.dtype
         else:
@@ -151,13 +150,11 @@ def random_like(delta: Delta, seed: int = 0) -> Delta:
                 out[name] = r * (d.norm() / r.norm().clamp_min(1e-30))
                 continue
         values = matrix_spectrum(delta, name)
-        u = _orthonormal(shape[0], len(values), gen)
-        v = _orthonormal(shape[1], len(values), gen)
-        if isinstance(delta, LowRank):
-            factors[name] = ((u * values).to(dtype), v.T.to(dtype).contiguous())
-        else:
-            out[name] = ((u * values) @ v.T).to(dtype)
-    return LowRank(factors) if isinstance(delta, LowRank) else out
+        left = _orthonormal(shape[0], len(values), gen) * values
+        right = _orthonormal(shape[1], len(values), gen).T
+        out[name] = ((left.to(dtype), right.to(dtype).contiguous()) if factored
+                     else (left @ right).to(dtype))
+    return LowRank(out) if factored else out
 
 
 def delta_norms(delta: Delta) -> dict[str, dict]:

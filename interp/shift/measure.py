@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from interp.analysis.attribution import attribution_components
 from interp.analysis.metrics import logit_diff
-from interp.engine import chunks, encode
+from interp.engine import chunks, encode, right_padded
 from interp.errors import DegenerateDataError
 from interp.evaluate import predict, score
 from interp.finetune.deltas import Delta, absolute
@@ -68,28 +68,22 @@ def pair_scores(runner: ConditionRunner, condition: Condition, pairs: PairSet
     clean_m, corrupt_m = torch.zeros(n), torch.zeros(n)
     prefix = runner.prefix(condition)
     by_length = sorted(range(n), key=lambda i: len(pairs.clean[i]))
+    pad = model.tokenizer.pad_token_id or 0
     with runner.use(condition):
         for part in chunks(n, PAIR_BATCH):       # pairs of similar lengths, right-padded
             idx = [by_length[i] for i in part]
-            clean, lengths = _padded(model, [prefix + pairs.clean[i] for i in idx])
-            corrupt, _ = _padded(model, [prefix + pairs.corrupt[i] for i in idx])
+            clean = right_padded([prefix + pairs.clean[i] for i in idx], pad, model.device)
+            corrupt = right_padded([prefix + pairs.corrupt[i] for i in idx], pad, model.device)
             metric = logit_diff([pairs.answer_ids[i] for i in idx],
                                 [pairs.foil_ids[i] for i in idx])
             out = attribution_components(model, clean, corrupt, metric, ("heads", "mlp"),
-                                         with_metric=True, lengths=lengths)
+                                         with_metric=True,
+                                         lengths=[len(prefix) + len(pairs.clean[i]) for i in idx])
             heads[..., idx] = out["heads"]
             mlp[..., idx] = out["mlp"].sum(1)
             clean_m[idx], corrupt_m[idx] = out["source"], out["target"]
     check_spread(clean_m, pairs, condition.key)
     return {"heads": heads, "mlp": mlp, "clean": clean_m, "corrupt": corrupt_m}
-
-
-def _padded(model: LoadedModel, rows: list[list[int]]) -> tuple[torch.Tensor, list[int]]:
-    """Token rows right-padded to the longest (``[batch, width]``), and their lengths."""
-    lengths = [len(r) for r in rows]
-    pad = model.tokenizer.pad_token_id or 0
-    ids = torch.tensor([r + [pad] * (max(lengths) - len(r)) for r in rows], device=model.device)
-    return ids, lengths
 
 
 def check_spread(metric: torch.Tensor, pairs: PairSet, condition: str) -> None:
