@@ -80,6 +80,7 @@ class FlopMeter:
         x = x if x is not None else args[0]
         batch, new = x.shape[:2]
         past = kwargs.get("past_key_values")
+        past = past if past is not None else kwargs.get("cache")     # its name from 5.25 on
         prefix = past.get_seq_length() if past is not None and hasattr(
             past, "get_seq_length") else 0
         self.call = (batch, new, prefix, self._factor(module))
@@ -91,9 +92,8 @@ class FlopMeter:
         self._add(batch * (2 * weights * new + attention) * factor, dtype)
 
     def _unembed(self, module, args):
-        rows = args[0].shape[:-1].numel()
-        self._add(2 * rows * self.d * self.vocab * (2 if torch.is_grad_enabled() else 1),
-                  args[0].dtype)
+        rows = args[0].shape[:-1].numel()       # the decoder's factor: x3 when the (tied)
+        self._add(2 * rows * self.d * self.vocab * self.call[3], args[0].dtype)   # head trains
 
 
 def matmul_peak(d: int, d_mlp: int, dtype: torch.dtype, device: str, seconds: float = 2.0

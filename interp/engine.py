@@ -261,20 +261,19 @@ def _skipping(hf, first_layer: int, resid: torch.Tensor | None):
 
 def forward(model: LoadedModel, ids: torch.Tensor, past=None, hooks: Sequence = (),
             first_layer: int = 0, resid: torch.Tensor | None = None,
-            last_only: bool = True, positions: torch.Tensor | None = None) -> torch.Tensor:
+            positions: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``ids`` ``[batch, pos]`` after the cache ``past`` (its rows must match the
     batch), with TransformerLens-named ``hooks`` (``[(name, fn)]``, needs the bridge), starting
     at ``first_layer`` from ``resid`` (the residual stream entering it, ``[batch, pos, d]``).
-    ``last_only``: logits ``[batch, 1, vocab]`` of the last position only; ``positions`` (indices
-    into ``ids``' positions, 1-D) instead keeps those, ``[batch, len(positions), vocab]``.
+    Logits ``[batch, 1, vocab]`` of the last position only, or with ``positions`` (indices into
+    ``ids``' positions, 1-D) of those, ``[batch, len(positions), vocab]``.
     Gradients flow when enabled by the caller."""
     check_engine(model)
     check_length(model, ids.shape[1] + (past.get_seq_length() if past is not None else 0))
     hook_ctx = model.bridge.hooks(fwd_hooks=list(hooks)) if hooks else nullcontext()
     with hook_ctx, _skipping(model.hf, first_layer, resid):
         out = model.hf(input_ids=ids, **cache_kwarg(model.hf, past), use_cache=past is not None,
-                       logits_to_keep=positions if positions is not None
-                       else 1 if last_only else 0)
+                       logits_to_keep=positions if positions is not None else 1)
     return out.logits
 
 

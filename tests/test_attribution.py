@@ -151,3 +151,7 @@ def test_right_padded_rows_score_as_each_row_alone(tiny):
             assert int(torch.count_nonzero(out["mlp"][:, len(r):, i])) == 0
             for key in ("source", "target"):
                 torch.testing.assert_close(out[key][i], alone[key][0], rtol=1e-4, atol=1e-5)
+    for wrong in ([4, 7], [4, 7, width + 1], [0, 7, 5]):     # one length per row, in 1..width
+        with pytest.raises(ConfigError, match="lengths"):
+            attribution_components(model, padded(rows, 0), padded(corrupt_rows, 0),
+                                   metric_for([0, 1, 2]), ("heads",), lengths=wrong)

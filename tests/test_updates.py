@@ -100,6 +100,11 @@ def test_update_norms_and_random_updates_by_hand():
                                                  rel=1e-5)
     cosine = torch.nn.functional.cosine_similarity(rand["w"].flatten(), low["w"].flatten(), 0)
     assert abs(float(cosine)) < 0.2
+    # matrices whose names have the same characters (layers 11 and 20, anagrams) get
+    # independent directions, not one shared stream
+    same = {f"model.layers.{i}.self_attn.q_proj.weight": low["w"] for i in (11, 20)}
+    a, b = random_like(same, seed=0).values()
+    assert abs(float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), 0))) < 0.2
 
 
 def test_factored_updates_match_their_dense_matrices():

@@ -52,6 +52,9 @@ def attribution_components(model: LoadedModel, clean: torch.Tensor, corrupt: tor
     source, target = (clean, corrupt) if direction == "denoise" else (corrupt, clean)
     B, T = target.shape
     ends = torch.as_tensor(lengths if lengths is not None else [T] * B) - 1
+    if len(ends) != B or not bool(((ends >= 0) & (ends < T)).all()):
+        raise ConfigError(f"lengths must give each of the {B} rows a length in 1..{T}, got "
+                          f"{list(lengths or [])}")
     start = min(first_difference(clean, corrupt), int(ends.min()))
     cache = prefix_cache(model, target[:, :start]) if start else None
     keep, column = torch.unique(ends - start, return_inverse=True)

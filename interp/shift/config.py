@@ -37,6 +37,9 @@ OTHER_TASK = {name: get_task(name).other_task for name in TASKS}
 #: the version of how conditions are built (demonstrations, shams, updates, tasks): stages
 #: computed under another are stale (recomputed with ``--force``, else refused)
 DESIGN = 2
+#: the version of ft-random-delta's random frames (2: one generator per matrix from a digest of
+#: seed and name): the stages that measure it are stale under another; fine-tuning runs are not
+RANDOM_UPDATE = 2
 GAP_GATE = 0.1                 # a condition's clean-corrupt gap interval must lie above this
 #                                (logits: a 0.01-logit gap is no behaviour to explain)
 RELIABILITY_GATE = 0.7         # ... and its map's reliability at least this (attenuation <= 1.43)
@@ -178,7 +181,8 @@ class ShiftConfig:
     def accuracy_settings(self) -> dict:
         return {**self._base(), "shots": self.shots, "n_eval": self.n_eval,
                 "n_train": self.n_train, "ft_method": self.ft_method, "epochs": self.epochs,
-                "lr": self.lr, "demo_seeds": self.demo_seeds, "ft_seeds": self.ft_seeds}
+                "lr": self.lr, "demo_seeds": self.demo_seeds, "ft_seeds": self.ft_seeds,
+                "random_update": RANDOM_UPDATE}
 
     def scores_settings(self) -> dict:
         return {**self.accuracy_settings(), "n_pairs": self.n_pairs, "n_eval": None}
