@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from interp.engine import encode
+from interp.engine import encode, right_padded
 from interp.errors import ConfigError
 from interp.prompts import answer_sep, build_prompt, format_demo
 from interp.tasks import Example
@@ -51,14 +51,10 @@ def encode_demo(tokenizer, ex: Example) -> TrainSequence:
 
 def collate(batch: Sequence[TrainSequence], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (pads ignored)."""
-    width = max(len(s.ids) for s in batch)
-    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, s in enumerate(batch):
-        ids[i, : len(s.ids)] = torch.tensor(s.ids)
-        labels[i, : len(s.labels)] = torch.tensor(s.labels)
-        mask[i, : len(s.ids)] = 1
+    ids = right_padded([s.ids for s in batch], pad_id)
+    lengths = torch.tensor([len(s.ids) for s in batch])
+    mask = (torch.arange(ids.shape[1])[None] < lengths[:, None]).long()
+    labels = right_padded([s.labels for s in batch], IGNORE)    # as long as its ids
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 

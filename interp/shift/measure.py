@@ -72,13 +72,13 @@ def pair_scores(runner: ConditionRunner, condition: Condition, pairs: PairSet
     with runner.use(condition):
         for part in chunks(n, PAIR_BATCH):       # pairs of similar lengths, right-padded
             idx = [by_length[i] for i in part]
-            clean = right_padded([prefix + pairs.clean[i] for i in idx], pad, model.device)
+            rows = [prefix + pairs.clean[i] for i in idx]
+            clean = right_padded(rows, pad, model.device)
             corrupt = right_padded([prefix + pairs.corrupt[i] for i in idx], pad, model.device)
             metric = logit_diff([pairs.answer_ids[i] for i in idx],
                                 [pairs.foil_ids[i] for i in idx])
             out = attribution_components(model, clean, corrupt, metric, ("heads", "mlp"),
-                                         with_metric=True,
-                                         lengths=[len(prefix) + len(pairs.clean[i]) for i in idx])
+                                         with_metric=True, lengths=[len(r) for r in rows])
             heads[..., idx] = out["heads"]
             mlp[..., idx] = out["mlp"].sum(1)
             clean_m[idx], corrupt_m[idx] = out["source"], out["target"]
